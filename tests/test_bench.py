@@ -16,6 +16,14 @@ def test_tiny_bench_writes_json(tmp_path):
     assert all(r["images_per_s"] > 0 and r["ratio_to_classic"] > 0 for r in rows)
     assert rows[0]["setting"] == "classic" and rows[0]["ratio_to_classic"] == 1.0
     assert {r.get("impl") for r in rows if r["setting"] == "tstudy_packed"} == {"grouped"}
+    assert all(r["graph"] == "eager steps (CUDA graph off)" for r in rows[1:])  # no graphs on the CPU
+
+
+def test_settings_compare_graphs_on_the_gpu():
+    rows = bench.settings(tiny=False)
+    eager = {(r["setting"], r["batch"], r["k"]) for r in rows if not r["graphs"] and r["setting"] != "classic"}
+    assert eager == {("tstudy", 64, 1), ("tstudy", 256, 1), ("tstudy_packed", 64, 8)}
+    assert {(r["setting"], r["k"]) for r in rows if r["graphs"]} >= {("tstudy_packed", 8), ("tstudy_packed", 32)}
 
 
 def test_tiny_bench_profile(tmp_path):

@@ -11,7 +11,9 @@ On CUDA, for each teacher -> student pair (resnet56 -> resnet20, resnet32x4 -> r
   (``pack_mode="network"``), K in {8, 32}, batch 64; plus ``tstudy_sequential`` K = 8 (the
   same runs stepping in turn) for comparison.
 
-(b) and (c) run in fp32 and bf16. Images/s count student images (K per batch image when
+(b) and (c) run in fp32 and bf16, each step replayed as a CUDA graph as the engine does
+(``graphs`` true); the eager rows (``graphs`` false: (b) and (c) K = 8, fp32) show what the
+graphs bring. Images/s count student images (K per batch image when
 packed); ratios are to (a) of the same pair. Peak GPU memory per setting. Teachers are randomly
 initialised (speed does not depend on the weights). Without CIFAR-100 files, random uint8 data
 of CIFAR-100's shape (50,000 train images) is used, and the JSON says so.
@@ -22,6 +24,7 @@ that CI exercises the code; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import re
@@ -127,11 +130,13 @@ def classic(splits, teacher_name: str, student_name: str, device: torch.device, 
 
 # --------------------------------------------------------------------------- (b), (c) tstudy
 def tstudy_steps(splits, dataset: str, teacher_name: str, student_name: str, device: torch.device, batch: int,
-                 precision: str, k: int, mode: str, steps: int, warmup: int, compile: bool = False) -> dict:
-    """(b) / (c): ``k`` KD runs (temperatures 1..k) through the engine's own step code:
-    ``_Student.step`` each in turn (``mode="sequential"``) or ``_PackedGroup.step``
-    (``mode="network"``); one teacher forward per step either way. ``compile``: the networks'
-    forwards through ``torch.compile`` (an experiment: the engine does not compile)."""
+                 precision: str, k: int, mode: str, steps: int, warmup: int, graphs: bool = True,
+                 compile: bool = False) -> dict:
+    """(b) / (c): ``k`` KD runs (temperatures 1..k) through the engine's own step
+    (``engine.group_step``): one teacher forward, then ``_Student.step`` each in turn
+    (``mode="sequential"``) or ``_PackedGroup.step`` (``mode="network"``); with ``graphs`` (and
+    CUDA) replayed as a CUDA graph, as the engine does. ``compile``: the networks' forwards
+    through ``torch.compile`` (an experiment: the engine does not compile)."""
     from tstudy import engine
     from tstudy.device_data import DeviceData
     from tstudy.config import RunConfig
@@ -172,17 +177,14 @@ def tstudy_steps(splits, dataset: str, teacher_name: str, student_name: str, dev
                 epoch += 1
                 yield from enumerate(data.epoch_batches(cfgs[0].seed, epoch, batch, "crop_flip"))
 
+        graphed = engine.group_step(students, pack, teacher, data, 1, graphs=graphs and device.type == "cuda")
+
         def step(i, xy) -> None:
-            x, y = xy
-            with torch.no_grad(), engine.autocast(device, precision):
-                v = teacher(x).float()
-            if pack is not None:
-                pack.step(x, y, v, 1, i)
-            else:
-                for s in students:
-                    s.step(x, y, v, 1, i)
+            if graphed(*xy, i):
+                raise RuntimeError("a method failed in the benchmark")
 
         out = _timed(batches(), step, device, steps, warmup, batch * k)
+        out["graph"] = graphed.note()
         if impl:
             out["impl"] = impl
         return out
@@ -250,12 +252,18 @@ def settings(tiny: bool, ks: tuple[int, ...] | None = None,
     big = 64 if tiny else 256
     ks = ks or ((2, 4) if tiny else (8, 32))
     batch = 32 if tiny else 64
-    out: list[dict] = [{"setting": "classic", "batch": batch, "k": 1, "precision": "fp32"}]
+    out: list[dict] = [{"setting": "classic", "batch": batch, "k": 1, "precision": "fp32", "graphs": False}]
     for prec in precisions:
-        out += [{"setting": "tstudy", "batch": batch, "k": 1, "precision": prec},
-                {"setting": "tstudy", "batch": big, "k": 1, "precision": prec}]
-        out += [{"setting": "tstudy_packed", "batch": batch, "k": k, "precision": prec} for k in ks]
-    out.append({"setting": "tstudy_sequential", "batch": batch, "k": ks[0], "precision": precisions[-1]})
+        out += [{"setting": "tstudy", "batch": batch, "k": 1, "precision": prec, "graphs": True},
+                {"setting": "tstudy", "batch": big, "k": 1, "precision": prec, "graphs": True}]
+        out += [{"setting": "tstudy_packed", "batch": batch, "k": k, "precision": prec, "graphs": True} for k in ks]
+    out.append({"setting": "tstudy_sequential", "batch": batch, "k": ks[0], "precision": precisions[-1],
+                "graphs": True})
+    if tiny:  # the CPU has no graphs: the eager rows would repeat the ones above
+        return out
+    # what the CUDA graphs bring: the same steps, eager
+    out += [{"setting": "tstudy", "batch": b, "k": 1, "precision": precisions[0], "graphs": False} for b in (batch, big)]
+    out.append({"setting": "tstudy_packed", "batch": batch, "k": ks[0], "precision": precisions[0], "graphs": False})
     return out
 
 
@@ -278,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ks", default=None, help="K values of the packed settings (default 8,32; tiny 2,4)")
     p.add_argument("--precisions", default="fp32,bf16", help="precisions of the tstudy settings (default fp32,bf16)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks of the tstudy settings")
+    p.add_argument("--no-graphs", action="store_true", help="only the eager settings (no CUDA graphs)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     p.add_argument("--profile", default=None,
                    help="after each setting, profile 5 steps: op tables appended to this text file; "
@@ -308,15 +317,18 @@ def main(argv: list[str] | None = None) -> dict:
     for teacher_name, student_name in pairs:
         base = None
         for st in settings(tiny, ks, precisions):
-            if only and st["setting"] not in only:
+            if (only and st["setting"] not in only) or (args.no_graphs and st["graphs"]):
                 continue
             PROFILE["label"] = f"{teacher_name}->{student_name} {st}"
+            gc.collect()  # the last setting's data, models and graphs: not counted in this one's peak memory
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
             if st["setting"] == "classic":
                 r = classic(splits, teacher_name, student_name, device, st["batch"], steps, warmup, workers)
             else:
                 mode = "sequential" if st["setting"] in ("tstudy", "tstudy_sequential") else "network"
                 r = tstudy_steps(splits, dataset, teacher_name, student_name, device, st["batch"], st["precision"],
-                                 st["k"], mode, steps, warmup, compile=args.compile)
+                                 st["k"], mode, steps, warmup, graphs=st["graphs"], compile=args.compile)
             row: dict[str, Any] = {"teacher": teacher_name, "student": student_name, **st, **r}
             if st["setting"] == "classic":
                 base = r["images_per_s"]
@@ -324,8 +336,9 @@ def main(argv: list[str] | None = None) -> dict:
             results.append(row)
             ratio = "" if row["ratio_to_classic"] is None else f"  x{row['ratio_to_classic']:.2f}"
             mem = f"  {row['peak_mem_gib']:.2f} GiB" if "peak_mem_gib" in row else ""
+            graph = "graph" if st["graphs"] and "CUDA graph:" in r.get("graph", "") else "eager"
             print(f"{teacher_name}->{student_name} {st['setting']:18s} batch {st['batch']:3d} K {st['k']:2d} "
-                  f"{st['precision']}: {r['images_per_s']:10.0f} img/s{ratio}{mem}", flush=True)
+                  f"{st['precision']} {graph}: {r['images_per_s']:10.0f} img/s{ratio}{mem}", flush=True)
     report = {
         "device": dev_name, "tiny": tiny, "data": note, "steps": steps, "warmup": warmup, "classic_workers": workers,
         "compile": args.compile, "cudnn_benchmark": torch.backends.cudnn.benchmark,

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     c.add_argument("--pack-mode", default="auto", choices=("auto", "sequential", "network"),
                    help="packed runs: one network (default on GPUs) or one after another (default on CPUs)")
+    c.add_argument("--cuda-graphs", default="auto", choices=("auto", "off"),
+                   help="on GPUs, replay each training step as a CUDA graph where the runs allow it (default auto)")
     from tstudy.executors.slurm import add_cli_flags
 
     add_cli_flags(c)
@@ -123,7 +125,8 @@ def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
         return 0
     if not todo:
         return 0
-    env = RunEnv(device=resolve_device(args.device), data_root=args.data_root, pack_mode=args.pack_mode)
+    env = RunEnv(device=resolve_device(args.device), data_root=args.data_root, pack_mode=args.pack_mode,
+                 cuda_graphs=args.cuda_graphs)
     preflight(study, store, todo, args.data_root, env)
     t0 = time.perf_counter()
     results = run_local(todo, store, env, pack=args.pack or 1)

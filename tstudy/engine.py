@@ -21,6 +21,7 @@ from torch import nn
 
 from tstudy import atomic, provenance
 from tstudy.config import RunConfig, TeacherFile, WeightsFile
+from tstudy.cuda_graph import GRAPH_MODES, StepGraph, graph_blockers
 from tstudy.data import load_dataset
 from tstudy.device_data import DeviceData, step_seed
 from tstudy.evaluation import autocast, evaluate
@@ -49,11 +50,16 @@ class RunEnv:
     # ``network`` (the students as one packed network, tstudy.packnet), ``auto`` (network on
     # CUDA, where stepping K small students in turn is launch-bound; sequential on the CPU).
     pack_mode: str = "auto"
+    # ``auto``: on CUDA, replay each epoch's training step as a CUDA graph where the group allows
+    # it (tstudy.cuda_graph.graph_blockers); ``off``: always eager.
+    cuda_graphs: str = "auto"
     _data: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.pack_mode not in PACK_MODES:
             raise ConfigError(f"pack_mode: unknown value {self.pack_mode!r}; valid: {', '.join(PACK_MODES)}")
+        if self.cuda_graphs not in GRAPH_MODES:
+            raise ConfigError(f"cuda_graphs: unknown value {self.cuda_graphs!r}; valid: {', '.join(GRAPH_MODES)}")
 
     def data(self, cfg: RunConfig) -> "DeviceData":
         key = (cfg.dataset, cfg.labels, cfg.image_size)
@@ -283,10 +289,14 @@ class _Student:
         self.correct = torch.zeros((), device=self.data.device)
         self.n_seen = 0
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor | None, epoch: int, i: int) -> None:
+    def step(self, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor | None, epoch: int, i: int,
+             graphed: bool = False) -> None:
+        """One training step (device work only; the caller counts ``n_seen``). ``graphed``: being
+        captured as a CUDA graph, so no seeding (graph-safe methods draw no random numbers)."""
         cfg = self.cfg
-        torch.manual_seed(step_seed(cfg.seed, epoch, i))  # the method's own randomness (kd_shuffled)
-        with autocast(self.data.device, cfg.precision):
+        if not graphed:
+            torch.manual_seed(step_seed(cfg.seed, epoch, i))  # the method's own randomness (kd_shuffled)
+        with autocast(self.data.device, cfg.precision, graphed):
             z = self.model(x)
         terms = self.method(z.float(), v, y, epoch=epoch)
         loss = sum(terms.values())
@@ -294,10 +304,12 @@ class _Student:
         loss.backward()
         self.opt.step()
         b = y.shape[0]
-        for k, t in terms.items():
-            self.sums[k] = self.sums.get(k, 0) + t.detach() * b
+        for k, t in terms.items():  # in place: a CUDA graph replays into the same tensors
+            if k in self.sums:
+                self.sums[k].add_(t.detach() * b)
+            else:
+                self.sums[k] = t.detach() * b
         self.correct += (z.detach().argmax(1) == y).sum()
-        self.n_seen += b
 
     def end_epoch(self, epoch: int, seconds: float, env: RunEnv) -> RunState | None:
         """Evaluate, checkpoint, log; a final state when the run diverged, else None."""
@@ -392,35 +404,32 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
         if pack is not None:
             pack.begin_epoch(epoch)
         t0 = time.perf_counter()
-        forward_teacher = teacher is not None and any(s.method.teacher_logits_per_step for s in group)
+        step = group_step(group, pack, teacher, data, epoch, graphs=_use_graphs(env, group, pack, epoch == start + 1))
         for i, (x, y) in enumerate(data.epoch_batches(cfg.seed, epoch, cfg.batch_size, augment)):
-            v = None
-            if forward_teacher:
-                with torch.no_grad(), autocast(device, cfg.precision):
-                    v = teacher(x).float()
-            if pack is not None:
-                try:
-                    failed = pack.step(x, y, v, epoch, i)
-                except Exception as e:  # noqa: BLE001 - the shared network failed: every member fails
-                    for s in pack.students:
-                        results[s.cfg.run_id] = _record_failure(s.d, e)
-                        group.remove(s)
-                    return results
-                if failed:  # a method raised: that run fails, the others go on in a smaller pack
-                    pack.sync(exclude=[s for s, _ in failed])
-                    for s, e in failed:
-                        results[s.cfg.run_id] = _record_failure(s.d, e)
-                        group.remove(s)
-                    pack = _build_pack(group, data) if len(group) > 1 else None
-                    if pack is not None:
-                        pack.resume_epoch(epoch)
-                continue
-            for s in list(group):
-                try:
-                    s.step(x, y, v, epoch, i)
-                except Exception as e:  # noqa: BLE001 - one student failing leaves the others
+            try:
+                failed = step(x, y, i)
+            except Exception as e:  # noqa: BLE001 - the shared network failed: every member fails
+                if pack is None:
+                    raise
+                for s in pack.students:
                     results[s.cfg.run_id] = _record_failure(s.d, e)
                     group.remove(s)
+                return results
+            if not failed:
+                continue
+            if pack is not None:  # a method raised: that run fails, the others go on in a smaller pack
+                pack.sync(exclude=[s for s, _ in failed])
+            for s, e in failed:
+                results[s.cfg.run_id] = _record_failure(s.d, e)
+                group.remove(s)
+            if pack is not None:
+                pack = _build_pack(group, data) if len(group) > 1 else None
+                if pack is not None:
+                    pack.resume_epoch(epoch)
+                step = group_step(group, pack, teacher, data, epoch, graphs=False)
+        if device.type == "cuda" and epoch == start + 1 and step.fallback != "off":
+            for s in group:
+                _log(s.d, step.note())
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -446,6 +455,50 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
         except Exception as e:  # noqa: BLE001 - e.g. disk full writing model.pt: this run fails
             results[s.cfg.run_id] = _record_failure(s.d, e)
     return results
+
+
+def group_step(group: list[_Student], pack: "_PackedGroup | None", teacher: nn.Module | None, data: DeviceData,
+               epoch: int, graphs: bool) -> StepGraph:
+    """The group's training step for ``epoch``: ``step(x, y, i) -> failures`` (students whose
+    method raised). One teacher forward (when a method reads it), then the packed network's step
+    or each student's in turn; with ``graphs``, replayed as a CUDA graph (tstudy.cuda_graph)."""
+    cfg, device = group[0].cfg, data.device
+    forward_teacher = teacher is not None and any(s.method.teacher_logits_per_step for s in group)
+
+    def device_step(x: torch.Tensor, y: torch.Tensor, i: int, graphed: bool) -> list:
+        v = None
+        if forward_teacher:
+            with torch.no_grad(), autocast(device, cfg.precision, graphed):
+                v = teacher(x).float()
+        if pack is not None:
+            return pack.step(x, y, v, epoch, i, graphed)
+        failed = []
+        for s in group:
+            try:
+                s.step(x, y, v, epoch, i, graphed)
+            except Exception as e:  # noqa: BLE001 - one student failing leaves the others
+                failed.append((s, e))
+        return failed
+
+    def host_step(b: int) -> None:
+        for s in [pack] if pack is not None else group:
+            s.n_seen += b
+
+    return StepGraph(device_step, host_step, enabled=graphs)
+
+
+def _use_graphs(env: RunEnv, group: list[_Student], pack: "_PackedGroup | None", log: bool) -> bool:
+    """Whether the group's steps are CUDA graphs (``env.cuda_graphs`` and no blocker); logs why
+    not, once (``log``), on CUDA."""
+    device = group[0].data.device
+    if env.cuda_graphs == "off" or device.type != "cuda":
+        return False
+    models = [pack.net] if pack is not None else [s.model for s in group]
+    blockers = graph_blockers(device, group[0].cfg.optimizer, [s.method for s in group], models)
+    if blockers and log:
+        for s in group:
+            _log(s.d, f"eager steps: no CUDA graph ({'; '.join(blockers)})")
+    return not blockers
 
 
 # --------------------------------------------------------------------------- packed network
@@ -519,19 +572,22 @@ class _PackedGroup:
         self.begin_epoch(epoch)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor | None, epoch: int,
-             i: int) -> list[tuple[_Student, Exception]]:
-        """One training step of every student; returns the students whose method raised."""
+             i: int, graphed: bool = False) -> list[tuple[_Student, Exception]]:
+        """One training step of every student (device work only; the caller counts ``n_seen``);
+        returns the students whose method raised. ``graphed``: being captured as a CUDA graph,
+        so no seeding and no RNG juggling (graph-safe methods draw no random numbers)."""
         cfg, device = self.cfg, self.data.device
-        torch.manual_seed(step_seed(cfg.seed, epoch, i))  # equal for all: the seed is in pack_key
-        with autocast(device, cfg.precision):
+        if not graphed:
+            torch.manual_seed(step_seed(cfg.seed, epoch, i))  # equal for all: the seed is in pack_key
+        with autocast(device, cfg.precision, graphed):
             z_all = self.net(x)
         z_all = z_all.float().contiguous()
-        rng = _rng_state(device)
+        rng = None if graphed else _rng_state(device)
         flat: list[torch.Tensor] = []
         layout: list[tuple[int, str]] = []
         failed: list[tuple[_Student, Exception]] = []
         for k, s in enumerate(self.students):
-            if k:
+            if k and rng is not None:
                 _set_rng_state(rng, device)  # each method draws what it would draw alone
             try:
                 terms = s.method(z_all[k], v, y, epoch=epoch)
@@ -550,9 +606,8 @@ class _PackedGroup:
             if tuple(layout) != self.layout:
                 self._flush()
                 self.layout, self.sums = tuple(layout), torch.zeros(len(layout), device=device)
-            self.sums = self.sums + stacked.detach() * b  # the same float32 ops as _Student.step
+            self.sums.add_(stacked.detach() * b)  # the same float32 ops as _Student.step; in place for graphs
         self.correct += (z_all.detach().argmax(2) == y).sum(1)
-        self.n_seen += y.shape[0]
         return failed
 
     def _flush(self) -> None:

@@ -9,8 +9,10 @@ from tstudy.device_data import DeviceData
 
 EVAL_BATCH = 1024
 
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def autocast(device: torch.device, precision: str, graphed: bool = False):
+    """bf16 autocast for ``precision == "bf16"``; without its weight-cast cache inside a CUDA
+    graph capture (the cache would hold tensors of one replay)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=not graphed)
 
 
 @torch.no_grad()

@@ -349,7 +349,12 @@ class PackedModels(nn.Module):
         def one(p: dict, b: dict, x: Tensor) -> Tensor:
             return torch.func.functional_call(meta, (p, b), (x,))
 
-        return torch.vmap(one, in_dims=(0, 0, None), randomness="same")(params, buffers, x)
+        # Attention in plain maths: CUDA's fused attention kernels fail under vmap's batching
+        # (torch 2.11: "LSE is not correctly aligned" in the backward of ViT).
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return torch.vmap(one, in_dims=(0, 0, None), randomness="same")(params, buffers, x)
 
     # ------------------------------------------------------------------ state
     def packed_parameters(self) -> list[nn.Parameter]:

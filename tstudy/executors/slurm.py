@@ -452,10 +452,10 @@ class TrainJob(submitit.helpers.Checkpointable):
     :meth:`checkpoint` and requeues the job; the new start resumes from disk."""
 
     def __init__(self, runs: Sequence[RunConfig], root: str, study: str, device: str = "auto",
-                 data_root: str | None = None, pack_mode: str = "auto") -> None:
+                 data_root: str | None = None, pack_mode: str = "auto", cuda_graphs: str = "auto") -> None:
         self.runs = tuple(runs)
         self.root, self.study, self.device, self.data_root = root, study, device, data_root
-        self.pack_mode = pack_mode
+        self.pack_mode, self.cuda_graphs = pack_mode, cuda_graphs
 
     def __call__(self) -> dict[str, str]:
         import torch
@@ -465,7 +465,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         torch.set_num_threads(job_threads())
         store = RunStore(self.root, self.study)
         env = RunEnv(device=resolve_device(self.device), data_root=self.data_root, on_epoch=print_epoch,
-                     pack_mode=getattr(self, "pack_mode", "auto"))  # jobs pickled before pack_mode existed
+                     pack_mode=getattr(self, "pack_mode", "auto"),  # jobs pickled before these existed
+                     cuda_graphs=getattr(self, "cuda_graphs", "auto"))
         start = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) + 1
         _say(f"job {os.environ.get('SLURM_JOB_ID')} start #{start}, {len(self.runs)} run(s) on {env.device}: "
              + ", ".join(f"{c.run_id} ({c.model} {c.method} T={c.temperature} seed={c.seed})" for c in self.runs))
@@ -527,7 +528,8 @@ def make_executor(folder: Path, opts: SlurmOptions, study: str, dependency: str 
 
 
 def submit(plans: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, live: Mapping[str, str],
-           device: str, data_root: str | None, out=None, pack_mode: str = "auto") -> dict[str, str]:
+           device: str, data_root: str | None, out=None, pack_mode: str = "auto",
+           cuda_graphs: str = "auto") -> dict[str, str]:
     """Submit the arrays in order; record each job in its runs' directories. Returns {run id: job id}."""
     out = out or sys.stdout
     folder = log_dir(store, opts)
@@ -539,7 +541,7 @@ def submit(plans: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, live
         dep = f"afterok:{job_of[plan.after]}" if plan.after else None
         ex = make_executor(folder, opts, store.study, dep)
         with ex.batch():
-            jobs = [ex.submit(TrainJob(runs, root, store.study, device, data_root, pack_mode)) for runs in plan.jobs]
+            jobs = [ex.submit(TrainJob(runs, root, store.study, device, data_root, pack_mode, cuda_graphs)) for runs in plan.jobs]
         for job, runs in zip(jobs, plan.jobs):
             for r in runs:
                 write_record(store.run_dir(r), job, runs, dep)
@@ -629,7 +631,7 @@ def launch(study: Any, store: RunStore, args: argparse.Namespace, out=None) -> i
         raise ConfigError("--executor slurm: sbatch/srun not found; run this on a SLURM login node")
     preflight(study, store, todo, args.data_root)
     cancel_never_satisfied(runs, store, queue)
-    submit(plans, store, opts, live, args.device, args.data_root, out, args.pack_mode)
+    submit(plans, store, opts, live, args.device, args.data_root, out, args.pack_mode, args.cuda_graphs)
     print(f"logs: {log_dir(store, opts)}/   follow with: tstudy status {study.source or study.name}"
           + (f" --root {args.root}" if args.root != "results" else ""), file=out)
     return 0

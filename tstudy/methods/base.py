@@ -35,6 +35,10 @@ class Method(MethodSpec, nn.Module):
     temperature: see each subclass.
     """
 
+    # Whether a step with this method may be replayed as a CUDA graph (tstudy.cuda_graph): pure
+    # tensor maths, no random numbers, no host-side statistics. Off unless a method declares it.
+    graph_safe: bool = False
+
     # ------------------------------------------------------------ construction
     def __init__(
         self,

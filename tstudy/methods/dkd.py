@@ -30,6 +30,7 @@ class DKD(Method):
     temperature: the shared softmax temperature T of teacher and student (with T² on both parts).
     """
 
+    graph_safe = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

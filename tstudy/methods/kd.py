@@ -16,6 +16,8 @@ class CE(Method):
     temperature: unused (no teacher).
     """
 
+    graph_safe = True
+
     def terms(self, z: Tensor, v: Optional[Tensor], y: Tensor, epoch: int) -> dict[str, Tensor]:
         return {"ce": L.cross_entropy(z, y)}
 
@@ -27,6 +29,7 @@ class KD(Method):
     temperature: the shared softmax temperature T of teacher and student (with the T² factor).
     """
 
+    graph_safe = True
 
     def kd_term(self, z: Tensor, v: Tensor, y: Tensor) -> Tensor:
         """Unweighted distillation term ``T²·KL_batchmean``."""
@@ -66,6 +69,8 @@ class KDShuffled(KD):
     temperature: the shared softmax temperature T (teacher softened before shuffling; T² factor).
     """
 
+    graph_safe = False
+
     def kd_term(self, z: Tensor, v: Tensor, y: Tensor) -> Tensor:
         T = self.temperature
         log_p = L.log_softmax_t(v, T)
@@ -104,6 +109,8 @@ class TCKD(Method):
 
     temperature: the shared softmax temperature T of teacher and student (with T²).
     """
+
+    graph_safe = True
 
     part = 0  # index into dkd_kl_parts
     weight = "alpha"

@@ -23,6 +23,7 @@ class LS(Method):
     temperature: softens the teacher whose mean entropy ε is matched to (unused with ``epsilon``).
     """
 
+    graph_safe = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -48,6 +48,7 @@ class TTM(Method):
     temperature: 1/γ of the teacher's power transform; the student is never softened (no T²).
     """
 
+    graph_safe = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
