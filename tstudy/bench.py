@@ -192,6 +192,7 @@ def tstudy_steps(splits, dataset: str, teacher_name: str, student_name: str, dev
 
 # --------------------------------------------------------------------------- timing
 PROFILE: dict[str, Any] = {"path": None, "label": ""}  # set by --profile
+MEMORY: dict[str, int] = {"before": 0}  # GPU bytes allocated before the current setting was set up
 
 
 def _timed(it: Iterator, step, device: torch.device, steps: int, warmup: int, images_per_step: int) -> dict:
@@ -209,7 +210,10 @@ def _timed(it: Iterator, step, device: torch.device, steps: int, warmup: int, im
     dt = time.perf_counter() - t0
     out = {"images_per_s": images_per_step * steps / dt, "step_ms": 1e3 * dt / steps, "steps": steps}
     if device.type == "cuda":
-        out["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        # what this setting allocated at its peak (data, models, graph pools), without what earlier
+        # settings of this process still hold
+        out["peak_mem_gib"] = (torch.cuda.max_memory_allocated(device) - MEMORY["before"]) / 2**30
+        out["held_before_gib"] = MEMORY["before"] / 2**30
     if PROFILE["path"]:
         out.update(_profile(it, step, device))
     return out
@@ -320,9 +324,10 @@ def main(argv: list[str] | None = None) -> dict:
             if (only and st["setting"] not in only) or (args.no_graphs and st["graphs"]):
                 continue
             PROFILE["label"] = f"{teacher_name}->{student_name} {st}"
-            gc.collect()  # the last setting's data, models and graphs: not counted in this one's peak memory
+            gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+                MEMORY["before"] = torch.cuda.memory_allocated(device)
             if st["setting"] == "classic":
                 r = classic(splits, teacher_name, student_name, device, st["batch"], steps, warmup, workers)
             else:
