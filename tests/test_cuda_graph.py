@@ -33,7 +33,7 @@ def test_blockers():
     assert graph_blockers(cpu, "sgd", [_method("kd")], [net]) == ["device cpu"]
     assert graph_blockers(cuda, "adam", [_method("kd")], [net]) == ["optimizer adam"]
     out = graph_blockers(cuda, "sgd", [_method("kd"), _method("kd_shuffled"), _method("dtkd")], [net])
-    assert out == ["method(s) dtkd, kd_shuffled use random numbers or host-side statistics"]
+    assert out == ["method(s) kd_shuffled not graph-safe (random numbers or host syncs)"]
     dropout = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
     assert graph_blockers(cuda, "sgd", [_method("kd")], [dropout]) == ["model has Dropout"]
     assert graph_blockers(cuda, "sgd", [_method("kd")], [nn.Sequential(nn.Dropout(0.0))]) == []
@@ -43,7 +43,8 @@ def test_graph_safe_methods():
     from tstudy.methods import METHODS
 
     safe = {n for n in METHODS if METHODS.get(n).graph_safe}
-    assert safe == {"ce", "kd", "lskd", "kd_topk", "tckd", "nckd", "dkd", "ttm", "wttm", "ls"}
+    assert safe == {"ce", "kd", "lskd", "kd_topk", "tckd", "nckd", "dkd", "ttm", "wttm", "ls", "ctkd",
+                    "ctkd_instance", "dtkd"}
 
 
 def test_cuda_graphs_mode_checked():
@@ -123,20 +124,26 @@ def test_graphed_training_equals_eager(tmp_path, pack_mode):
     base = RunConfig(dataset="digits", model="mlp_s", teacher=teacher, method="kd", epochs=3, eval_epochs=(1,),
                      lr=0.05, milestones=(2,))
     members = [base.replace(temperature=t) for t in (1.0, 4.0)] + [base.replace(method=m) for m in ("dkd", "ttm")]
+    members += [base.replace(method=m) for m in ("ctkd", "ctkd_instance", "dtkd")]  # learned T, statistics
     stores = _train_both(tmp_path, teacher, members, pack_mode)
     for c in members:
         a, b = _frames(stores["auto"], c), _frames(stores["off"], c)
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
+    ctkd = _frames(stores["auto"], members[4])
+    assert ctkd["diag_T_mean"].between(ctkd["diag_T_min"], ctkd["diag_T_max"]).all()  # statistics kept in replays
 
 
 @CUDA
 def test_graphed_cnn_trains_like_eager(tmp_path):
     """CNNs: cuDNN's convolution backward is not bit-deterministic on a GPU, eager or not, and
-    training amplifies the last bits; so the same accuracy to within a few points."""
-    teacher = RunConfig(dataset="digits", model="cnn_l", epochs=2, lr=0.05)
-    base = RunConfig(dataset="digits", model="cnn_s", teacher=teacher, method="kd", epochs=3, lr=0.05)
-    members = [base.replace(temperature=t) for t in (1.0, 4.0)]
+    early training amplifies the last bits (after 3 epochs two runs were seen 8 points apart).
+    So the quickstart's recipe is trained to the end, where both reach the same accuracy."""
+    teacher = RunConfig(dataset="digits", model="cnn_l", epochs=30, lr=0.05, milestones=(0.5, 0.75))
+    base = RunConfig(dataset="digits", model="cnn_s", teacher=teacher, method="kd", epochs=30, lr=0.05,
+                     milestones=(0.5, 0.75))
+    members = [base.replace(temperature=t) for t in (2.0, 4.0)]
     stores = _train_both(tmp_path, teacher, members, "network")
     for c in members:
         a, b = _frames(stores["auto"], c), _frames(stores["off"], c)
-        assert list(a["epoch"]) == list(b["epoch"]) and (a["acc1"] - b["acc1"]).abs().max() < 3.0
+        a, b = a[a["split"] == "test"]["acc1"].iloc[-1], b[b["split"] == "test"]["acc1"].iloc[-1]
+        assert min(a, b) > 93.0 and abs(a - b) < 3.0, (a, b)

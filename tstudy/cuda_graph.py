@@ -106,7 +106,7 @@ def graph_blockers(device: torch.device, optimizer: str, methods: Iterable[Any],
                    models: Iterable[nn.Module]) -> list[str]:
     """Why a group's step cannot be a CUDA graph (empty: it can). Graphs need CUDA, SGD (its
     step has no host-side state; Adam's step count is), methods declared ``graph_safe`` (pure
-    tensor maths without random numbers or host-side statistics) and models without dropout."""
+    tensor maths without random numbers or host syncs) and models without dropout."""
     out = []
     if device.type != "cuda":
         out.append(f"device {device.type}")
@@ -114,7 +114,7 @@ def graph_blockers(device: torch.device, optimizer: str, methods: Iterable[Any],
         out.append(f"optimizer {optimizer}")
     unsafe = sorted({m.name for m in methods if not getattr(m, "graph_safe", False)})
     if unsafe:
-        out.append(f"method(s) {', '.join(unsafe)} use random numbers or host-side statistics")
+        out.append(f"method(s) {', '.join(unsafe)} not graph-safe (random numbers or host syncs)")
     for model in models:
         drop = sorted({type(m).__name__ for m in model.modules() if _stochastic(m)})
         if drop:

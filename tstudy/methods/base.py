@@ -36,7 +36,8 @@ class Method(MethodSpec, nn.Module):
     """
 
     # Whether a step with this method may be replayed as a CUDA graph (tstudy.cuda_graph): pure
-    # tensor maths, no random numbers, no host-side statistics. Off unless a method declares it.
+    # tensor maths, no random numbers, no host syncs, statistics only through ``_accumulate``.
+    # Off unless a method declares it.
     graph_safe: bool = False
 
     # ------------------------------------------------------------ construction
@@ -102,17 +103,19 @@ class Method(MethodSpec, nn.Module):
         return dict(zip(names, torch.stack([x.double().reshape(()) for x in values]).tolist()))
 
     def _accumulate(self, key: str, values: Tensor, want: tuple[str, ...] = ("mean",)) -> None:
-        """Add ``values`` to the running sum/min/max of ``key`` on their device (no sync)."""
+        """Add ``values`` to the running sum/count/min/max of ``key`` on their device: no sync,
+        and in place after the first call, so a CUDA graph replay updates the same tensors."""
         with torch.no_grad():
             x = values.detach().reshape(-1).float()
             st = self._stats.get(key)
             if st is None:
-                self._stats[key] = {"sum": x.sum(), "count": x.numel(), "min": x.min(), "max": x.max(), "want": want}
+                self._stats[key] = {"sum": x.sum(), "count": torch.full((), float(x.numel()), device=x.device),
+                                    "min": x.min(), "max": x.max(), "want": want}
             else:
-                st["sum"] = st["sum"] + x.sum()
-                st["count"] += x.numel()
-                st["min"] = torch.minimum(st["min"], x.min())
-                st["max"] = torch.maximum(st["max"], x.max())
+                st["sum"].add_(x.sum())
+                st["count"].add_(x.numel())
+                torch.minimum(st["min"], x.min(), out=st["min"])
+                torch.maximum(st["max"], x.max(), out=st["max"])
 
     def extra_repr(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.p.items())

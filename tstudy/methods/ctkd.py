@@ -56,6 +56,7 @@ class CTKD(Method):
     temperature: the initial learned temperature T₀, strictly inside (t_start, t_start + t_range).
     """
 
+    graph_safe = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -31,6 +31,7 @@ class DTKD(Method):
     temperature: the reference temperature τ = (T_tea + T_stu)/2 (also the plain-KD part's T).
     """
 
+    graph_safe = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
