@@ -17,4 +17,9 @@ def teacher(model: str) -> RunConfig:
     return RunConfig(model=model, method="ce", **RECIPE)
 
 
+def finetuned_teacher(model: str) -> RunConfig:
+    """A teacher from torchvision's ImageNet weights, finetuned with cross-entropy (lr 0.01, 60 epochs)."""
+    return RunConfig(model=model, method="ce", **{**RECIPE, "lr": 0.01, "epochs": 60}, init="imagenet")
+
+
 PAIRS = [(teacher("resnet56"), "resnet20"), (teacher("resnet32x4"), "resnet8x4")]

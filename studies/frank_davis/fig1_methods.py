@@ -26,7 +26,6 @@ from tstudy import RunConfig, Study
 CTKD_RANGE = {"t_start": 0.5, "t_range": 40.0}
 
 
-
 study = Study(
     name="fd_fig1_methods",
     description=__doc__,

@@ -18,8 +18,6 @@ from fd_recipe import PAIRS, RECIPE, TEMPERATURES
 from tstudy import RunConfig, Study
 
 
-
-
 study = Study(
     name="fd_fig5_relational",
     description=__doc__,

@@ -16,13 +16,13 @@ Runs: 1 teacher + 2 students x 2 inits x 11 T x 3 seeds = 133.
 Target-trained and pretrained-then-finetuned students are weights files: add
 `WeightsFile("path/to/student.pt")` to INITS below (identified by content hash).
 """
-from fd_recipe import RECIPE, TEMPERATURES
+from fd_recipe import RECIPE, TEMPERATURES, finetuned_teacher
 
 from tstudy import RunConfig, Study
 
 INITS = ["scratch", "imagenet"]  # + [WeightsFile("...")] for target-trained / finetuned students
 
-TEACHER = RunConfig(model="tv_resnet50", method="ce", **{**RECIPE, "lr": 0.01, "epochs": 60}, init="imagenet")
+TEACHER = finetuned_teacher("tv_resnet50")
 
 study = Study(
     name="fd_student_init",

@@ -18,13 +18,13 @@ ImageNet weights are read from torchvision's cache (see `tstudy.models.weights`)
 32 px images the ImageNet stem downsamples hard, `--set image_size=64` (students and teachers)
 is closer to the resolution the weights were trained at, at ~4x the cost.
 """
-from fd_recipe import RECIPE, TEMPERATURES
+from fd_recipe import RECIPE, TEMPERATURES, finetuned_teacher
 
 from tstudy import RunConfig, Study
 
 
 SCRATCH = RunConfig(model="tv_resnet18", method="ce", **RECIPE)
-FINETUNED = RunConfig(model="tv_resnet18", method="ce", **{**RECIPE, "lr": 0.01, "epochs": 60}, init="imagenet")
+FINETUNED = finetuned_teacher("tv_resnet18")
 
 study = Study(
     name="fd_teacher_finetune",
