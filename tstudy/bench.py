@@ -177,14 +177,14 @@ def tstudy_steps(splits, dataset: str, teacher_name: str, student_name: str, dev
                 epoch += 1
                 yield from enumerate(data.epoch_batches(cfgs[0].seed, epoch, batch, "crop_flip"))
 
-        graphed = engine.group_step(students, pack, teacher, data, 1, graphs=graphs and device.type == "cuda")
+        group_step = engine.group_step(students, pack, teacher, data, 1, graphs=graphs and device.type == "cuda")
 
         def step(i, xy) -> None:
-            if graphed(*xy, i):
+            if group_step(*xy, i):
                 raise RuntimeError("a method failed in the benchmark")
 
         out = _timed(batches(), step, device, steps, warmup, batch * k)
-        out["graph"] = graphed.note()
+        out["graph"] = group_step.note()
         if impl:
             out["impl"] = impl
         return out
