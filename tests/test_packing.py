@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 
 from tstudy import RunConfig, Study
-from tstudy.engine import RunEnv, pack_key, train_run, train_runs
+from tstudy.engine import RunEnv, train_run, train_runs
 from tstudy.errors import ConfigError
-from tstudy.executors.local import pack_groups, run_local
+from tstudy.executors.local import run_local
+from tstudy.planning import pack_groups, pack_key
 from tstudy.results import collect
 from tstudy.store import DONE, RunStore
 

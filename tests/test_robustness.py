@@ -221,7 +221,7 @@ def test_bad_study_files(tmp_path, capsys, text, message):
     assert main(["launch", str(f), "--root", str(root), "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
-    assert not (root / "x" / "runs").exists() or not any((root / "x" / "runs").iterdir())
+    assert not (root / "runs").exists() or not any((root / "runs").iterdir())
 
 
 def test_missing_data_root(tmp_path, capsys):
@@ -240,14 +240,15 @@ def test_two_studies_with_one_name_under_one_root(tmp_path, capsys):
     assert main(["launch", str(b), "--root", str(root)]) == 2
     err = capsys.readouterr().err
     assert "name: study 'tiny'" in err and "belongs to" in err and str(a.resolve()) in err
-    assert len(list((root / "tiny" / "runs").iterdir())) == 3  # b trained nothing
+    assert len(list((root / "runs").iterdir())) == 3  # b trained nothing
 
 
 # --------------------------------------------------------------------------- concurrent launches
-def test_two_concurrent_launches_train_each_run_once(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_two_concurrent_launches_train_each_run_once(tmp_path, workers):
     f = write(tmp_path, TINY.replace('seeds=[0]', 'seeds=[0, 1, 2]'))
     root = tmp_path / "root"
-    cmd = tstudy_cmd("launch", str(f), "--root", str(root))
+    cmd = tstudy_cmd("launch", str(f), "--root", str(root), "--workers", workers, "--threads", "1")
     procs = [subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
@@ -339,4 +340,4 @@ def test_model_too_big_for_the_input_is_refused_before_launch(tmp_path, capsys):
     assert main(["launch", str(f), "--root", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert "tv_convnext_tiny" in err and "\n" not in err, err
-    assert not (root / "tiny" / "runs").exists() or not any((root / "tiny" / "runs").iterdir())
+    assert not (root / "runs").exists() or not any((root / "runs").iterdir())

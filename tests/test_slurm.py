@@ -19,14 +19,16 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from tstudy import RunConfig, Study
 from tstudy.cli import _parser, main
-from tstudy.engine import RunEnv, pack_key, train_run
+from tstudy.engine import RunEnv, train_run
 from tstudy.errors import ConfigError
 from tstudy.executors import slurm
 from tstudy.executors.local import run_local
-from tstudy.executors.slurm import (SlurmOptions, TrainJob, chunks, launch_plan, make_packs, parse_max_array_size,
-                                    parse_squeue, parse_time, plan_arrays, run_note, sbatch_parameters, waits_for_fn)
+from tstudy.executors.options import SlurmOptions, options_for, parse_time
+from tstudy.executors.slurm import (TrainJob, chunks, parse_max_array_size, parse_squeue, plan_arrays, run_note,
+                                    sbatch_parameters, slurm_plan)
+from tstudy.planning import make_plan, pack_groups, pack_key, states_with_teachers
 from tstudy.results import collect
-from tstudy.store import DONE, RunStore, read_status, write_status
+from tstudy.store import DONE, NOT_LAUNCHED, RUNNING, RunState, RunStore, read_status, write_status
 from tstudy.study import load_study
 
 # Timings, and the checkout's commit (it may change while a test runs); all else must be equal, bit for bit.
@@ -86,7 +88,7 @@ def test_cli_flags_override_the_study_options():
                                  "--sbatch", "exclude=n1", "--sbatch", "requeue", "--setup", "module load x",
                                  "--pack", "4", "--array-parallelism", "16"])
     study = {"slurm": {"partition": "gpu", "time": 30, "sbatch": {"exclude": "n0", "comment": "kd"}, "setup": ["a"]}}
-    o = slurm.options_for(study, args)
+    o = options_for(study, args, "slurm")
     assert (o.partition, o.time, o.gpus_per_job, o.pack, o.array_parallelism) == ("gpu", 120, 2, 4, 16)
     assert o.sbatch == {"exclude": "n1", "comment": "kd", "requeue": True} and o.setup == ("module load x",)
 
@@ -130,33 +132,53 @@ def _students(teacher: RunConfig, n: int) -> list[RunConfig]:
     return [base.replace(temperature=float(t), seed=s) for s in range(n // 10) for t in range(1, 11)]
 
 
+def _plan(runs, pack=1, done=(), active=None):
+    """The planning core's plan for runs never launched, but for ``done`` teachers."""
+    states = states_with_teachers(runs, lambda c: RunState(DONE if c in done else NOT_LAUNCHED))
+    return make_plan(runs, states, pack, active=active, waitable=active or {})
+
+
 def test_plan_puts_teachers_first_and_splits_each_group():
     t1, t2 = RunConfig(model="mlp_l", epochs=2), RunConfig(model="mlp_l", epochs=2, seed=1)
     s1, s2 = _students(t1, 2500), _students(t2, 20)
     todo = [t1, t2] + s1 + s2
-    plans = plan_arrays(todo, waits_for_fn(todo, {}), pack=1, max_array=1001)
-    assert [(len(p.jobs), p.after) for p in plans] == [(2, None), (1001, t1.run_id), (1001, t1.run_id),
-                                                      (498, t1.run_id), (20, t2.run_id)]
-    assert [r.run_id for p in plans for j in p.jobs for r in j] == [r.run_id for r in todo]
+    arrays = plan_arrays(_plan(todo), packs_per_job=1, max_array=1001)
+    assert [(len(a.jobs), a.after) for a in arrays] == [(2, None), (1001, t1.run_id), (1001, t1.run_id),
+                                                        (498, t1.run_id), (20, t2.run_id)]
+    assert [r.run_id for a in arrays for j in a.jobs for p in j for r in p.runs] == [r.run_id for r in todo]
 
 
 def test_students_of_a_done_teacher_wait_for_nothing_and_live_teachers_are_waited_for():
     t1, t2 = RunConfig(model="mlp_l", epochs=2), RunConfig(model="mlp_l", epochs=2, seed=1)
-    todo = _students(t1, 10) + _students(t2, 10)  # t1 done (not in todo), t2 queued from an earlier launch
-    plans = plan_arrays(todo, waits_for_fn(todo, {t2.run_id: "77_1"}), pack=1)
-    assert [(len(p.jobs), p.after) for p in plans] == [(10, None), (10, t2.run_id)]
+    runs = _students(t1, 10) + _students(t2, 10)  # t1 done, t2 queued from an earlier launch
+    arrays = plan_arrays(_plan(runs, done=[t1], active={t2.run_id: "77_1"}))
+    assert [(len(a.jobs), a.after) for a in arrays] == [(10, None), (10, t2.run_id)]
+    # a teacher running outside SLURM cannot be waited for: its students are not submitted
+    states = states_with_teachers(runs, lambda c: RunState(RUNNING if c == t2 else DONE if c == t1 else NOT_LAUNCHED))
+    plan = make_plan(runs, states, waitable={})
+    assert len(plan.todo) == 10 and len(plan.blocked) == 10 and "is running" in plan.blocked[0][1]
 
 
 def test_packs_group_only_loss_side_variants():
     t = RunConfig(model="mlp_l", epochs=2)
     runs = _students(t, 20) + [RunConfig(model="mlp_s", teacher=t, method="dkd", epochs=2)]
-    packs = make_packs(runs, 8)
+    packs = pack_groups(runs, 8)
     assert [len(p) for p in packs] == [8, 3, 8, 2]  # the dkd run joins seed 0's second pack
     for p in packs:
         assert len({pack_key(r) for r in p}) == 1
-    assert len(make_packs(runs, 1)) == len(runs)
-    plans = plan_arrays([t] + runs, waits_for_fn([t] + runs, {}), pack=8, max_array=3)
-    assert [(len(p.jobs), p.after) for p in plans] == [(1, None), (3, t.run_id), (1, t.run_id)]
+    assert len(pack_groups(runs, 1)) == len(runs)
+    arrays = plan_arrays(_plan([t] + runs, pack=8), max_array=3)
+    assert [(len(a.jobs), a.after) for a in arrays] == [(1, None), (3, t.run_id), (1, t.run_id)]
+
+
+def test_a_job_holds_packs_per_job_packs():
+    t = RunConfig(model="mlp_l", epochs=2)
+    runs = [t] + _students(t, 30)
+    arrays = plan_arrays(_plan(runs, pack=4), packs_per_job=2, max_array=1001)
+    assert [(len(a.jobs), a.after, a.n_runs) for a in arrays] == [(1, None, 1), (5, t.run_id, 30)]
+    assert [len(j) for j in arrays[1].jobs] == [2, 2, 2, 2, 1]  # 9 packs (4, 4, 2 per seed), 2 per job
+    assert SlurmOptions(gpus_per_job=4).job_packs == 4 and SlurmOptions(packs_per_job=2).job_packs == 2
+    assert SlurmOptions().job_packs == 1
 
 
 # =========================================================================== queue, records, status
@@ -188,8 +210,8 @@ def test_launch_plan_and_status_notes(tmp_path, teacher_cfg, kd_cfg):
         slurm.write_record(store.run_dir(cfg), _Job(job, tmp_path), [cfg], None)
     (tmp_path / "15_0_log.err").write_text("Traceback ...\nValueError: boom\nsrun: error: vm: task 0: Exited\n")
     q = parse_squeue(SQUEUE)
-    todo, live, notes = launch_plan([teacher_cfg, a, b, c], store, q)
-    assert [r.run_id for r in todo] == [teacher_cfg.run_id, b.run_id, c.run_id] and live == {a.run_id: "14_2"}
+    plan, live = slurm_plan([teacher_cfg, a, b, c], store, q)
+    assert [r.run_id for r in plan.todo] == [teacher_cfg.run_id, b.run_id, c.run_id] and live == {a.run_id: "14_2"}
     assert run_note(store, a, store.state(a), q) == ("queued", "job 14_2 queued (Dependency)")
     write_status(store.run_dir(teacher_cfg), DONE)  # pretend the teacher is done (its files are not there)
     kind, text = run_note(store, c, store.state(c), q)
@@ -215,8 +237,8 @@ def test_train_job_trains_resumes_and_checkpoints_itself(tmp_path, teacher_cfg, 
     store = RunStore(tmp_path, "s")
     train_run(teacher_cfg, store, RunEnv())
     train_run(kd_cfg, store, RunEnv(stop_after_epoch=2))  # as if killed after epoch 2
-    job = cloudpickle.loads(cloudpickle.dumps(TrainJob([kd_cfg, kd_cfg.replace(temperature=1.0)], str(tmp_path), "s",
-                                                       "cpu")))
+    job = cloudpickle.loads(cloudpickle.dumps(TrainJob([[kd_cfg, kd_cfg.replace(temperature=1.0)]], str(tmp_path),
+                                                       "s", "cpu")))
     again = job.checkpoint()
     assert again.function is job and again.args == () and not again.kwargs
     assert job() == {kd_cfg.run_id: DONE, kd_cfg.replace(temperature=1.0).run_id: DONE}
@@ -227,8 +249,15 @@ def test_train_job_trains_resumes_and_checkpoints_itself(tmp_path, teacher_cfg, 
 def test_train_job_raises_when_a_run_fails(tmp_path, kd_cfg):
     store = RunStore(tmp_path, "s")  # the teacher was never trained: the student fails
     with pytest.raises(RuntimeError, match="1 of 1 runs did not finish"):
-        TrainJob([kd_cfg], str(tmp_path), "s", "cpu")()
+        TrainJob([[kd_cfg]], str(tmp_path), "s", "cpu")()
     assert read_status(store.run_dir(kd_cfg))["status"] == "failed"
+
+
+def test_a_job_pickled_before_packs_per_job_still_runs(tmp_path, teacher_cfg):
+    old = TrainJob([[teacher_cfg]], str(tmp_path), "s", "cpu")
+    del old.packs, old.workers  # what an older tstudy pickled: one pack, as ``runs``
+    old.runs = (teacher_cfg,)
+    assert cloudpickle.loads(cloudpickle.dumps(old))() == {teacher_cfg.run_id: DONE}
 
 
 def test_dry_run_needs_no_cluster(tmp_path, capsys):
@@ -353,6 +382,35 @@ def test_slurm_study_equals_local_run(cluster, tmp_path, cancel_jobs):
     # relaunching submits nothing
     r = _tstudy("launch", str(f), "--root", str(root), "--executor", "slurm")
     assert r.returncode == 0 and "0 to submit" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_job_trains_two_packs_at_once(cluster, tmp_path, cancel_jobs):
+    """A job holding two 'GPUs' (CPU workers stand in: 2 CPUs, one thread each) trains two packs
+    at once; the table equals the local run's, bit for bit (one thread per run on both sides)."""
+    f = tmp_path / "study.py"
+    f.write_text(STUDY.format(epochs=3, t_epochs=3, options='{"slurm": {"cpus_per_job": 2, "time": 10, "packs_per_job": 2}}'))
+    root, local_root = tmp_path / "slurm_root", tmp_path / "local_root"
+    study = load_study(f)
+    store = RunStore(root, study.name)
+    cancel_jobs(store)
+    r = _tstudy("launch", str(f), "--root", str(root), "--executor", "slurm")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "(2 packs per job)" in r.stdout, r.stdout
+    assert re.search(r"submitted job \d+ \(1 job, 2 runs\)\n", r.stdout), r.stdout  # teacher + ce student at once
+    assert re.search(r"submitted job \d+ \(1 job, 2 runs\) after \d+", r.stdout), r.stdout  # 2 KD students at once
+    local = RunStore(local_root, study.name)
+    assert set(run_local(study.runs(), local, RunEnv(device="cpu"), progress=False).values()) == {DONE}
+    _wait_done(f, root, len(study.runs()), store, timeout=150)
+    kd = [r for r in study.runs() if r.method == "kd"]
+    rec = slurm.read_record(store.run_dir(kd[0]))
+    assert rec["job_id"] == slurm.read_record(store.run_dir(kd[1]))["job_id"]
+    log = Path(rec["stdout"]).read_text()
+    assert "2 run(s) in 2 pack(s), 2 at once" in log, log
+    workers = {int(w) for rid in (kd[0].run_id, kd[1].run_id)
+               for w in re.findall(rf" tstudy: {rid} epoch \d+/3 .* \(worker (\d)\)$", log, re.M)}
+    assert workers == {0, 1}, log  # each pack on its own worker
+    a, b = _table(store, study), _table(local, study)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
 def _wait(cond, timeout: float, what: str) -> None:

@@ -163,7 +163,7 @@ def test_quickstart_study_shape():
     ({"derive": lambda c: c.nope}, r"^derive: AttributeError"),
     ({"axes": {("method", "method_params"): [("kd", None)]}}, "^method_params: expected a dict"),
     ({"axes": {"method": ["kd"], ("method", "method_params"): [("kd", {})]}}, "already set by"),
-    ({"options": {"slrum": {}}}, "options: unknown key 'slrum'; valid: slurm"),
+    ({"options": {"slrum": {}}}, "options: unknown key 'slrum'; valid: local, slurm"),
     ({"options": {"slurm": {"partitoin": "gpu"}}}, "partitoin"),
 ])
 def test_user_code_and_axes_errors_are_one_line(kwargs, match):

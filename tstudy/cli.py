@@ -1,4 +1,5 @@
-"""`tstudy plan|launch|status|collect|figures|clean STUDY_FILE`: a study's life from the shell."""
+"""`tstudy plan|launch|status|collect|figures|clean STUDY_FILE`: a study's life from the shell;
+`tstudy migrate ROOT`: move a root of the per-study layout to the shared run store."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,8 @@ import time
 from typing import Sequence
 
 from tstudy.errors import ConfigError
+from tstudy.executors.options import add_cli_flags, options_for
+from tstudy.migrate import legacy_studies, migrate
 from tstudy.store import FAILED, INCOMPLETE, RunStore
 from tstudy.study import Study, load_study, parse_sets
 
@@ -38,8 +41,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="packed runs: one network (default on GPUs) or one after another (default on CPUs)")
     c.add_argument("--cuda-graphs", default="auto", choices=("auto", "off"),
                    help="on GPUs, replay each training step as a CUDA graph where the runs allow it (default auto)")
-    from tstudy.executors.slurm import add_cli_flags
-
     add_cli_flags(c)
     cmd("status", "state of each run, read from disk").add_argument("--all", action="store_true")
     cmd("collect", "write <root>/<study>/results.parquet")
@@ -47,18 +48,26 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("clean", "delete incomplete and failed runs (asks first)")
     c.add_argument("--yes", action="store_true", help="do not ask")
     c.add_argument("--dry-run", action="store_true", help="print what would be deleted")
+    c = sub.add_parser("migrate", help="move ROOT/<study>/runs/ folders to the shared run store ROOT/runs/")
+    c.add_argument("root", help="the root to migrate (e.g. results)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "migrate":
+            report = migrate(args.root)
+            print(report.summary(args.root) if report.studies else f"{args.root}: nothing to migrate")
+            return 0
         study = load_study(args.study)
         if args.sets:
             study = study.override(parse_sets(args.sets))
         if args.seeds:
             study = Study(**{**study.__dict__, "seeds": args.seeds})
         store = RunStore(args.root, study.name)
+        if legacy_studies(args.root):  # a root written before the shared run store: once, on first use
+            migrate(args.root, say=lambda line: print(f"tstudy: {line}", file=sys.stderr))
         return COMMANDS[args.command](study, store, args)
     except ConfigError as e:
         print(f"tstudy: error: {e}", file=sys.stderr)
@@ -108,28 +117,39 @@ def _short(v: object) -> str:
 
 
 def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
-    from tstudy.engine import RunEnv, resolve_device
-    from tstudy.executors.local import pending, run_local
-    from tstudy.preflight import preflight
-    from tstudy.executors import slurm
-
     if args.executor == "slurm":
+        from tstudy.executors import slurm
+
         return slurm.launch(study, store, args)
-    slurm.reject_slurm_flags(args)
+    from tstudy.engine import RunEnv, resolve_device
+    from tstudy.executors.local import local_plan, run_local
+    from tstudy.executors.workers import default_workers
+    from tstudy.preflight import preflight
+
+    opts = options_for(study.options, args, "local")
     runs = study.runs()
-    todo = pending(runs, store)
-    print(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} done or running, {len(todo)} to launch")
+    plan = local_plan(runs, store, opts.pack)
+    device = resolve_device(args.device)
+    workers = min(opts.workers or default_workers(device), max(1, len(plan.packs)))
+    threads = opts.threads or (opts.worker_threads(workers) if workers > 1 else None)
+    todo = plan.todo
+    print(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} done or running, {len(todo)} to launch"
+          + (f" in {len(plan.packs)} packs" if opts.pack > 1 else "")
+          + (f", {workers} workers" + (f" x {threads} threads" if device == "cpu" else "") if workers > 1 else ""))
     if args.dry_run:
-        for r in todo:
-            print(f"  would run {r.run_id} {r.model} {r.method} T={r.temperature} seed={r.seed}")
+        for p in plan.packs:
+            for r in p.runs:
+                print(f"  would run {r.run_id} {r.model} {r.method} T={r.temperature} seed={r.seed}"
+                      + (f" (after teacher {p.after})" if p.after else ""))
+        for rid, why in plan.blocked:
+            print(f"  would skip {rid}: {why}")
         return 0
     if not todo:
         return 0
-    env = RunEnv(device=resolve_device(args.device), data_root=args.data_root, pack_mode=args.pack_mode,
-                 cuda_graphs=args.cuda_graphs)
-    preflight(study, store, todo, args.data_root, env)
+    env = RunEnv(device=device, data_root=args.data_root, pack_mode=args.pack_mode, cuda_graphs=args.cuda_graphs)
     t0 = time.perf_counter()
-    results = run_local(todo, store, env, pack=args.pack or 1)
+    results = run_local(runs, store, env, pack=opts.pack, workers=workers, threads=threads,
+                        before=lambda: preflight(study, store, todo, args.data_root, env if workers == 1 else None))
     counts = collections.Counter(results.values())
     print(f"study {study.name}: {dict(counts)} in {time.perf_counter() - t0:.1f} s")
     return 1 if counts.get(FAILED) else 0
@@ -173,18 +193,26 @@ def cmd_clean(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     if not victims:
         print("nothing to clean")
         return 0
+    shared = store.listed_by_others(victims)
     for i in victims:
         s = store.state(i)
-        print(f"  {i}: {s.status} at epoch {s.epoch}" + (f" ({s.reason})" if s.reason else ""))
+        print(f"  {i}: {s.status} at epoch {s.epoch}" + (f" ({s.reason})" if s.reason else "")
+              + (f"  [also listed by {', '.join(shared[i])}]" if i in shared else ""))
     if args.dry_run:
-        print(f"would delete {len(victims)} run directories")
+        print(f"would delete {len(victims)} run directories" + (f" ({len(shared)} shared with other studies)" if shared else ""))
         return 0
     if not args.yes:
         if not sys.stdin.isatty():
             raise ConfigError("clean: not a terminal; pass --yes to delete without asking")
-        if input(f"delete these {len(victims)} run directories? [y/N] ").strip().lower() not in ("y", "yes"):
+        question = f"delete these {len(victims)} run directories"
+        if shared:
+            question += f", {len(shared)} of them listed by other studies under {store.root} too"
+        if input(question + "? [y/N] ").strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 0
+    elif shared:  # --yes answers for this study's runs, never for another study's
+        victims = [i for i in victims if i not in shared]
+        print(f"  left {len(shared)} run directories that other studies list too (run clean on a terminal to delete them)")
     deleted = sum(store.remove(i) for i in victims)
     kept = len(victims) - deleted
     print(f"deleted {deleted} run directories" + (f"; {kept} left alone (started meanwhile)" if kept else ""))

@@ -30,6 +30,7 @@ from tstudy.errors import ConfigError
 from tstudy.lock import LockHeld, RunLock
 from tstudy.methods import build as build_method
 from tstudy.models import build_model
+from tstudy.planning import pack_key
 from tstudy.store import (DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunState, RunStore, parquet_intact, set_aside,
                           write_status)
 
@@ -137,17 +138,6 @@ def load_teacher(cfg: RunConfig, store: RunStore, data: DeviceData) -> tuple[nn.
 
 
 # --------------------------------------------------------------------------- training
-LOSS_SIDE = ("temperature", "method", "method_params")
-
-
-def pack_key(cfg: RunConfig) -> str:
-    """Runs with equal keys differ only in their loss side (temperature, method, its parameters):
-    they see the same batches, augmentation and teacher outputs, and can be trained together."""
-    from tstudy.config import _short_hash
-
-    return _short_hash({k: v for k, v in cfg.canonical().items() if k not in LOSS_SIDE})
-
-
 def train_run(cfg: RunConfig, store: RunStore, env: RunEnv) -> RunState:
     """Train ``cfg`` to its end (resuming from its checkpoint), under its run directory's lock."""
     return train_runs([cfg], store, env)[cfg.run_id]

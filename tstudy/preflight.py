@@ -10,16 +10,17 @@ from typing import TYPE_CHECKING, Sequence
 from tstudy.config import RunConfig
 from tstudy.errors import ConfigError
 from tstudy.store import RunStore
-from tstudy.study import Study
 
 if TYPE_CHECKING:
     from tstudy.engine import RunEnv
+    from tstudy.study import Study
 
 
 def check_root_writable(store: RunStore) -> None:
     """Create the study folder and write a probe file; a read-only or full disk fails here."""
     try:
         store.runs_dir.mkdir(parents=True, exist_ok=True)
+        store.study_dir.mkdir(parents=True, exist_ok=True)
         probe = store.study_dir / f".probe-{os.getpid()}"
         with open(probe, "wb") as f:
             f.write(b"x" * 4096)
@@ -80,7 +81,7 @@ def check_weights(runs: Sequence[RunConfig]) -> None:
                     raise ConfigError(f"weights file: {w.path} changed since the study was loaded (sha256)")
 
 
-def preflight(study: Study, store: RunStore, todo: Sequence[RunConfig], data_root: str | None,
+def preflight(study: "Study", store: RunStore, todo: Sequence[RunConfig], data_root: str | None,
               env: "RunEnv | None" = None, load_data: bool = True) -> None:
     """Everything that can be checked before a run starts; raises ConfigError on the first problem."""
     if data_root is not None and not Path(data_root).is_dir():
@@ -90,4 +91,4 @@ def preflight(study: Study, store: RunStore, todo: Sequence[RunConfig], data_roo
     if load_data:
         check_data(todo, data_root, env)
     check_root_writable(store)
-    store.claim(study.source)
+    store.claim(study.source, (r.run_id for r in study.runs()))

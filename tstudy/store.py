@@ -1,9 +1,12 @@
 """Run directories and their state, read from disk (never from a scheduler).
 
-``<root>/<study>/runs/<run_id>/`` holds ``config.json``, ``status.json``, ``metrics.parquet``
-(all evaluation rows so far), ``checkpoint.pt`` (while training), ``model.pt`` (final weights),
-``teacher_profile.npz`` (``ce`` runs: logits on the un-augmented training set), ``lock`` and
-``log.txt``. Every write is atomic.
+Runs are shared by every study under a root: a run is identified by its config alone, so a
+teacher (or any run) that several studies name is trained once. ``<root>/runs/<run_id>/`` holds
+``config.json``, ``status.json``, ``metrics.parquet`` (all evaluation rows so far),
+``checkpoint.pt`` (while training), ``model.pt`` (final weights), ``teacher_profile.npz`` (``ce``
+runs: logits on the un-augmented training set), ``lock`` and ``log.txt``. A study keeps only its
+own outputs under ``<root>/<study>/``: ``study.json`` (its file and the run ids it lists),
+``results.parquet``, figures and ``report.md``. Every write is atomic.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from tstudy.lock import held_by_me, is_stale, read_lock
 NOT_LAUNCHED, INCOMPLETE, RUNNING, DONE, FAILED, DIVERGED = (
     "not launched", "incomplete", "running", "done", "failed", "diverged")
 FINISHED = (DONE, DIVERGED)  # final states: launch does not run these again
+RUNS = "runs"  # <root>/runs: the shared run store (so no study may be called "runs")
+RECORD = "study.json"
 
 
 @dataclass(frozen=True)
@@ -33,24 +38,25 @@ class RunState:
 
 
 class RunStore:
-    """The run directories of one study under ``root``."""
+    """The shared run directories under ``root``, seen by one study."""
 
     def __init__(self, root: str | Path, study: str) -> None:
         self.root = Path(root)
         self.study = study
         self.study_dir = self.root / study
-        self.runs_dir = self.study_dir / "runs"
+        self.runs_dir = self.root / RUNS
 
     def run_dir(self, cfg: RunConfig | str) -> Path:
         return self.runs_dir / (cfg if isinstance(cfg, str) else cfg.run_id)
 
     # ----------------------------------------------------------------- study identity
+    def record(self) -> dict:
+        """This study's ``study.json`` (``{}`` when absent or unreadable)."""
+        return read_record(self.study_dir)
+
     def owner(self) -> str | None:
         """The study file that launched this study name under this root, if recorded."""
-        try:
-            return json.loads((self.study_dir / "study.json").read_text()).get("source")
-        except (OSError, ValueError):
-            return None
+        return self.record().get("source")
 
     def claim_check(self, source: str | None) -> None:
         """Refuse a different study file using a name already taken under this root (while the
@@ -60,12 +66,28 @@ class RunStore:
             raise ConfigError(f"name: study {self.study!r} under {self.root} belongs to {owner}, "
                               f"not {source}; rename one of the studies or use another --root")
 
-    def claim(self, source: str | None) -> None:
-        """Record which study file owns this name (after :meth:`claim_check`)."""
+    def claim(self, source: str | None, run_ids: Iterable[str] = ()) -> None:
+        """Record which study file owns this name (after :meth:`claim_check`) and add ``run_ids``
+        to the runs it lists (kept: a run once listed stays listed, so ``clean`` of another
+        study asks before deleting it)."""
         self.claim_check(source)
-        if source and self.owner() != source:
+        rec = self.record()
+        listed = set(rec.get("runs", []))
+        new = {"name": self.study, "source": source or rec.get("source"),
+               "runs": sorted(listed | set(run_ids))}
+        if new != rec:
             self.study_dir.mkdir(parents=True, exist_ok=True)
-            atomic.write_json(self.study_dir / "study.json", {"name": self.study, "source": source})
+            atomic.write_json(self.study_dir / RECORD, new)
+
+    def listed_by_others(self, run_ids: Iterable[str]) -> dict[str, list[str]]:
+        """``{run id: [other studies under the root listing it]}`` for the shared ones."""
+        wanted = set(run_ids)
+        out: dict[str, list[str]] = {}
+        for name, rec in study_records(self.root).items():
+            if name != self.study:
+                for rid in wanted.intersection(rec.get("runs", [])):
+                    out.setdefault(rid, []).append(name)
+        return out
 
     # ----------------------------------------------------------------- state
     def state(self, cfg: RunConfig | str) -> RunState:
@@ -130,6 +152,22 @@ class RunStore:
             return False
         shutil.rmtree(trash)
         return True
+
+
+def read_record(study_dir: Path) -> dict:
+    try:
+        rec = json.loads((study_dir / RECORD).read_text())
+        return rec if isinstance(rec, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def study_records(root: Path) -> dict[str, dict]:
+    """``{study name: study.json}`` of every study recorded under ``root``."""
+    if not root.is_dir():
+        return {}
+    return {d.name: rec for d in sorted(root.iterdir())
+            if d.is_dir() and d.name != RUNS and (rec := read_record(d))}
 
 
 def parquet_intact(path: Path) -> bool:

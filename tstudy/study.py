@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tstudy.config import DATA_FIELDS, RunConfig, TeacherFile, check_fields
 from tstudy.errors import ConfigError
+from tstudy.executors.options import check_options
+from tstudy.store import RUNS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 AxisKey = str | tuple[str, ...]
@@ -49,6 +51,8 @@ class Study:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_RE.match(self.name):
             raise ConfigError(f"name: study name {self.name!r} must match {NAME_RE.pattern}")
+        if self.name == RUNS:
+            raise ConfigError(f"name: {RUNS!r} is reserved (<root>/{RUNS}/ holds the runs); choose another name")
         if not isinstance(self.base, RunConfig):
             raise ConfigError(f"base: expected a RunConfig, got {type(self.base).__name__}")
         self.axes = dict(self.axes)
@@ -79,15 +83,7 @@ class Study:
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"seeds: duplicate seeds in {seeds}")
         self.seeds = tuple(seeds)
-        if not isinstance(self.options, Mapping):
-            raise ConfigError(f"options: expected a dict such as {{'slurm': {{...}}}}, got {self.options!r}")
-        unknown = sorted(set(self.options) - {"slurm"})
-        if unknown:
-            raise ConfigError(f"options: unknown key {unknown[0]!r}; valid: slurm")
-        if "slurm" in self.options:
-            from tstudy.executors.slurm import SlurmOptions
-
-            SlurmOptions.from_mapping(self.options["slurm"])
+        check_options(self.options)
 
     # ----------------------------------------------------------------- expansion
     def students(self) -> list[RunConfig]:

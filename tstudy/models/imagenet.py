@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-import torchvision
 from torch import nn
 
 from tstudy.errors import ConfigError
@@ -73,6 +72,8 @@ def _register(name: str, arch: str, conv_path: str, min_size: int) -> None:
                 raise ConfigError(f"model {name}: image_size must be a multiple of the 16 px patch size "
                                   f"(e.g. 32, 64, 224), got {image_size}")
             kwargs["image_size"] = image_size
+        import torchvision  # on first use: importing it costs a second per process
+
         model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
         if in_channels != 3:
             _replace_first_conv(model, arch, conv_path, in_channels)

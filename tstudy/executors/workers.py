@@ -1,0 +1,353 @@
+"""Carry out a plan: N workers train packs at once, teachers first (torch-free at import).
+
+One worker trains in this process; N > 1 workers are processes of their own (spawned, so each
+sets its GPU and thread count before torch starts), each pinned to one GPU when there are GPUs.
+A pack starts as soon as a worker is free and its teacher is done. The run locks (taken by the
+engine) keep the guarantee that no run trains twice, also with two launches at once. Used by the
+local executor and, inside one SLURM job holding several GPUs, by the SLURM executor.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from tstudy.config import RunConfig
+from tstudy.planning import Pack
+from tstudy.store import DONE, FAILED, RUNNING, RunStore
+
+SKIPPED = "skipped"
+POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """The machine settings a worker builds its ``engine.RunEnv`` from (picklable)."""
+
+    device: str = "cpu"  # resolved: cpu, cuda, cuda:1
+    data_root: str | None = None
+    pack_mode: str = "auto"
+    cuda_graphs: str = "auto"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    reason: str = ""
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [v.strip() for v in env.split(",") if v.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_slots(device: str, workers: int, visible: Sequence[str] | None = None) -> list[str | None]:
+    """The GPU each worker is pinned to (a ``CUDA_VISIBLE_DEVICES`` entry), round robin over the
+    visible GPUs; ``None`` per worker on the CPU or for an explicit ``cuda:K`` (all on K)."""
+    if device != "cuda":
+        return [None] * workers
+    visible = visible_gpus() if visible is None else visible
+    return [visible[i % len(visible)] for i in range(workers)] if visible else [None] * workers
+
+
+def default_workers(device: str) -> int:
+    """One worker per visible GPU; one on the CPU (or on one named GPU, ``cuda:K``)."""
+    return max(1, len(visible_gpus())) if device == "cuda" else 1
+
+
+def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: int = 1,
+              threads: int | None = None, progress: "Progress | None" = None, env: Any = None,
+              gpus: Sequence[str | None] | None = None, before: Callable[[], None] | None = None
+              ) -> dict[str, Outcome]:
+    """Train ``packs`` (in plan order) with ``workers`` at once; returns {run id: outcome}.
+
+    When fewer packs are left than workers, the pack a worker takes is split (once) so that the
+    others get a share of it instead of idling (packing changes no run's result).
+
+    A pack waits while its teacher (``Pack.after``) is pending here or running elsewhere; when
+    the teacher ends other than done, the pack is skipped. ``env``: a ready ``RunEnv`` for a
+    single worker in this process (data already loaded by preflight). ``threads``: torch threads
+    per worker (None: leave torch's default, one worker only). ``before``: called once the
+    worker processes are starting (they import torch meanwhile) and before any pack is sent,
+    e.g. the preflight checks: when it raises, the workers are stopped and nothing has run.
+    """
+    progress = progress or Progress(sum(len(p.runs) for p in packs), workers, tty=False, out=sys.stderr)
+    pool: _Pool = _InProcess(store, spec, threads, progress, env) if workers == 1 else \
+        _Processes(store, spec, workers, threads, progress, gpus or gpu_slots(spec.device, workers))
+    results: dict[str, Outcome] = {}
+    remaining = list(packs)
+    pieces: set[int] = set()  # packs already split (a piece is not split again)
+    try:
+        if before is not None:
+            before()
+        while remaining or pool.busy():
+            here = {r.run_id for p in remaining for r in p.runs} | pool.running_ids()
+            for p in list(remaining):  # packs whose teacher will never be done here
+                if p.after is not None and p.after not in here:
+                    st = store.state(p.after)
+                    if st.status != DONE and st.status != RUNNING:
+                        remaining.remove(p)
+                        for r in p.runs:
+                            results[r.run_id] = Outcome(SKIPPED, f"its teacher {p.after} is {st.status}")
+                        progress.skipped(p, f"teacher {p.after} is {st.status}")
+            while pool.free() and (p := _first_ready(remaining, here, store)) is not None:
+                i = remaining.index(p)
+                remaining.remove(p)
+                if len(remaining) + 1 < workers and id(p) not in pieces:  # the tail: fewer packs than workers
+                    p, *rest = p.split(workers - len(remaining))
+                    remaining[i:i] = rest
+                    pieces.update(map(id, rest))
+                pool.start(p)
+            if not pool.busy():
+                if remaining:  # waiting for a teacher trained by another launch
+                    time.sleep(POLL_S)
+                continue
+            for pack, outcomes in pool.wait():
+                results.update(outcomes)
+                progress.finished(pack, outcomes, store)
+    finally:
+        pool.close()
+        progress.close()
+    return results
+
+
+def _first_ready(remaining: list[Pack], here: set[str], store: RunStore) -> Pack | None:
+    for p in remaining:
+        if p.after is None or (p.after not in here and store.state(p.after).status == DONE):
+            return p
+    return None
+
+
+# =========================================================================== pools
+class _Pool:
+    def free(self) -> bool: ...
+    def busy(self) -> bool: ...
+    def running_ids(self) -> set[str]: ...
+    def start(self, pack: Pack) -> None: ...
+    def wait(self) -> list[tuple[Pack, dict[str, Outcome]]]: ...
+    def close(self) -> None: ...
+
+
+class _InProcess(_Pool):
+    """One worker: train in this process, one pack at a time."""
+
+    def __init__(self, store: RunStore, spec: EnvSpec, threads: int | None, progress: "Progress",
+                 env: Any) -> None:
+        if env is None:
+            env = _make_env(spec)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        env.on_epoch = lambda cfg, epoch, info: progress.epoch(0, cfg, epoch, info)
+        self.store, self.env, self.progress, self.pack = store, env, progress, None
+
+    def free(self) -> bool:
+        return self.pack is None
+
+    def busy(self) -> bool:
+        return self.pack is not None
+
+    def running_ids(self) -> set[str]:
+        return set(self.pack.run_ids) if self.pack else set()
+
+    def start(self, pack: Pack) -> None:
+        self.pack = pack
+
+    def wait(self) -> list[tuple[Pack, dict[str, Outcome]]]:
+        pack, self.pack = self.pack, None
+        self.progress.started(0, pack)
+        return [(pack, _train(pack, self.store, self.env))]
+
+    def close(self) -> None:
+        pass
+
+
+class _Processes(_Pool):
+    """N spawned worker processes, fed one pack at a time each."""
+
+    def __init__(self, store: RunStore, spec: EnvSpec, workers: int, threads: int | None,
+                 progress: "Progress", gpus: Sequence[str | None]) -> None:
+        self.ctx = mp.get_context("spawn")
+        self.store, self.spec, self.progress = store, spec, progress
+        self.threads = threads or 1
+        self.gpus = list(gpus)
+        self.events = self.ctx.Queue()
+        self.slots: list[dict] = []
+        for i in range(workers):
+            self.slots.append({"proc": None, "tasks": None, "pack": None})
+            self._spawn(i)
+
+    def _spawn(self, i: int) -> None:
+        tasks = self.ctx.Queue()
+        proc = self.ctx.Process(target=worker_main, name=f"tstudy-worker-{i}", daemon=True,
+                                args=(i, self.gpus[i], self.threads, self.spec, str(self.store.root),
+                                      self.store.study, tasks, self.events))
+        proc.start()
+        self.slots[i].update(proc=proc, tasks=tasks, pack=None)
+
+    def free(self) -> bool:
+        return any(s["pack"] is None for s in self.slots)
+
+    def busy(self) -> bool:
+        return any(s["pack"] is not None for s in self.slots)
+
+    def running_ids(self) -> set[str]:
+        return {rid for s in self.slots if s["pack"] for rid in s["pack"].run_ids}
+
+    def start(self, pack: Pack) -> None:
+        i = next(i for i, s in enumerate(self.slots) if s["pack"] is None)
+        self.slots[i]["pack"] = pack
+        self.slots[i]["tasks"].put(pack.runs)
+        self.progress.started(i, pack)
+
+    def wait(self) -> list[tuple[Pack, dict[str, Outcome]]]:
+        """Handle worker events until at least one pack ends (or a worker dies)."""
+        done: list[tuple[Pack, dict[str, Outcome]]] = []
+        while not done:
+            try:
+                kind, i, payload = self.events.get(timeout=POLL_S)
+            except queue_mod.Empty:
+                for i, s in enumerate(self.slots):
+                    if s["pack"] is not None and not s["proc"].is_alive():
+                        why = f"worker {i} died (exit code {s['proc'].exitcode})"
+                        done.append((s["pack"], {rid: Outcome(FAILED, why) for rid in s["pack"].run_ids}))
+                        self._spawn(i)
+                continue
+            if kind == "epoch":
+                cfg, epoch, info = payload
+                self.progress.epoch(i, cfg, epoch, info)
+            elif kind == "done":
+                pack, self.slots[i]["pack"] = self.slots[i]["pack"], None
+                done.append((pack, payload))
+        return done
+
+    def close(self) -> None:
+        for s in self.slots:
+            if s["proc"].is_alive():
+                s["tasks"].put(None)
+        deadline = time.monotonic() + 10
+        for s in self.slots:
+            s["proc"].join(timeout=max(0.1, deadline - time.monotonic()))
+            if s["proc"].is_alive():
+                s["proc"].terminate()
+                s["proc"].join()
+
+
+def worker_main(i: int, gpu: str | None, threads: int, spec: EnvSpec, root: str, study: str,
+                tasks: Any, events: Any) -> None:
+    """A worker process: pin the GPU and threads, then train each pack it is sent until None."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    import torch
+
+    torch.set_num_threads(threads)
+    spec = EnvSpec(("cuda" if gpu is not None else spec.device), spec.data_root, spec.pack_mode, spec.cuda_graphs)
+    env = _make_env(spec)
+    env.on_epoch = lambda cfg, epoch, info: events.put(("epoch", i, (cfg, epoch, _small(info))))
+    store = RunStore(root, study)
+    while (runs := tasks.get()) is not None:
+        events.put(("done", i, _train(Pack(tuple(runs)), store, env)))
+
+
+def _small(info: dict) -> dict:
+    return {k: v for k, v in info.items() if isinstance(v, (int, float, str))}
+
+
+def _make_env(spec: EnvSpec) -> Any:
+    from tstudy.engine import RunEnv
+
+    return RunEnv(device=spec.device, data_root=spec.data_root, pack_mode=spec.pack_mode, cuda_graphs=spec.cuda_graphs)
+
+
+def _train(pack: Pack, store: RunStore, env: Any) -> dict[str, Outcome]:
+    """``engine.train_runs`` on one pack; an unexpected error fails the pack's runs, not the pool."""
+    from tstudy.engine import train_runs
+
+    try:
+        return {rid: Outcome(st.status, st.reason) for rid, st in train_runs(list(pack.runs), store, env).items()}
+    except Exception as e:  # noqa: BLE001 - reported per run; the run directory has the details
+        return {rid: Outcome(FAILED, f"{type(e).__name__}: {e}") for rid in pack.run_ids}
+
+
+# =========================================================================== progress
+class Progress:
+    """On a terminal: a bar over all runs and one line per worker (its pack and epoch); else one
+    plain line per epoch, prefixed by the worker when there are several. With ``say`` (a job's
+    log), each epoch is the run log's line."""
+
+    def __init__(self, n_runs: int, workers: int, tty: bool, out: Any,
+                 say: Callable[[str], None] | None = None) -> None:
+        self.n, self.workers, self.tty, self.out, self.ended = n_runs, workers, tty, out, 0
+        self.log = say is not None
+        self.say = say or (lambda line: print(line, file=out, flush=True))
+        self.bars: dict[int, Any] = {}
+        self.total = None
+        if tty:
+            from tqdm import tqdm
+
+            self.total = tqdm(total=n_runs, desc="runs", position=0, file=out, dynamic_ncols=True)
+
+    def started(self, slot: int, pack: Pack) -> None:
+        if not self.tty:
+            return
+        from tqdm import tqdm
+
+        if slot in self.bars:
+            self.bars.pop(slot).close()
+        cfg = pack.runs[0]
+        what = f"{cfg.run_id} {cfg.method}" if len(pack.runs) == 1 else f"{len(pack.runs)} packed runs"
+        label = (f"w{slot} " if self.workers > 1 else "") + what
+        self.bars[slot] = tqdm(total=cfg.epochs, desc=label, position=slot + 1, leave=False, file=self.out,
+                               dynamic_ncols=True)
+
+    def epoch(self, slot: int, cfg: RunConfig, epoch: int, info: dict) -> None:
+        acc = f" test_acc1 {info['test_acc1']:.2f}" if "test_acc1" in info else ""
+        bar = self.bars.get(slot)
+        if bar is not None:
+            bar.n = epoch
+            bar.set_postfix_str(f"loss {info['train_loss']:.3f}{acc}")
+        elif self.log:  # a job log: the run log's line, then the worker
+            from tstudy.engine import epoch_line
+
+            self.say(epoch_line(cfg, epoch, info) + (f" (worker {slot})" if self.workers > 1 else ""))
+        elif not self.tty:
+            who = f"w{slot} " if self.workers > 1 else ""
+            self.say(f"{who}[{self.ended}/{self.n} done] {cfg.run_id} {cfg.method} T={cfg.temperature} "
+                     f"seed={cfg.seed} epoch {epoch}/{cfg.epochs} loss {info['train_loss']:.4f}{acc}")
+
+    def finished(self, pack: Pack, outcomes: dict[str, Outcome], store: RunStore) -> None:
+        self.ended += len(pack.runs)
+        if self.total is not None:
+            self.total.update(len(pack.runs))
+        for rid, o in outcomes.items():
+            if o.status == FAILED:
+                self.say(f"{rid}: FAILED: {o.reason} (see {store.run_dir(rid) / 'error.txt'})")
+            elif o.status == RUNNING:
+                self.say(f"{rid}: skipped, {o.reason}")
+            elif o.status != DONE:
+                self.say(f"{rid}: {o.status}: {o.reason}")
+
+    def skipped(self, pack: Pack, why: str) -> None:
+        self.ended += len(pack.runs)
+        if self.total is not None:
+            self.total.update(len(pack.runs))
+        for r in pack.runs:
+            self.say(f"{r.run_id}: skipped, {why}")
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+        if self.total is not None:
+            self.total.close()
+            self.total = None
