@@ -5,6 +5,9 @@ deadline. After each step the run directories' small files are archived to ``--o
 
     PYTHONPATH=$PWD python studies/tiny_imagenet/gpu_session.py --data-root DIR --deadline 480 --out OUT
 
+A CPU check on a few images per class: add ``--root /tmp/tin --set epochs=1 --set teacher.epochs=1
+--set "eval_epochs=()" --set batch_size=256``.
+
 Not a study file. The state lives in the run directories, so a second session continues
 where the first stopped (finished runs are never retrained).
 """
@@ -70,14 +73,13 @@ def archive(root: Path, out: Path | None) -> None:
         whole.unlink()
 
 
-def export_teacher(store: RunStore, teacher) -> None:
+def export_teacher(store: RunStore, teacher, dest: Path) -> None:
     """The teacher's softmax statistics on the un-augmented training set at a grid of T (what
-    Fig. 4 and the entropy table need) -> tin_recipe.TEACHER_DIR/softmax_profile.npz."""
+    Fig. 4 and the entropy table need) -> ``dest`` (``<root>/teacher/softmax_profile.npz``)."""
     from analysis.figures import softmax_profile
     from tstudy.teacher_profile import read_teacher_profile
 
     d = store.run_dir(teacher)
-    dest = tin_recipe.TEACHER_DIR / "softmax_profile.npz"
     dest.parent.mkdir(parents=True, exist_ok=True)
     prof = read_teacher_profile(d)
     logits = torch.from_numpy(prof["train_logits"])
@@ -118,8 +120,9 @@ def main() -> int:
     train_runs([teacher], tstore, env)
     timings.append({"what": "teacher", "runs": [teacher.run_id], "k": 1, "seconds": time.time() - t0})
     log(f"teacher {teacher.run_id}: {tstore.state(teacher).status} in {time.time() - t0:.1f} s")
-    if not (tin_recipe.TEACHER_DIR / "softmax_profile.npz").exists():
-        export_teacher(tstore, teacher)
+    profile = root / "teacher" / "softmax_profile.npz"
+    if not profile.exists():
+        export_teacher(tstore, teacher, profile)
     archive(root, out)
 
     tier1, prec = load("tier1.py"), load("precision_check.py")

@@ -4,19 +4,15 @@ Tiny-ImageNet-200 at 32 px (the 64-px images resized, antialiased), CIFAR models
 recipe at batch 128: SGD lr 0.1, momentum 0.9, weight decay 5e-4, lr x 0.1 at 50% and 75% of
 training, bf16 autocast (softmax/KL in float32). The teacher is resnet56 (30 epochs), a run of
 its own that every student study names: the run store shared by the studies under one root
-trains it once (``teacher.py`` trains it alone), and its softmax profile is kept beside it under
-``results/tiny_imagenet/teacher/``. Students are resnet20, 15 epochs. Epoch-based method parameters (DKD's warm-up, CTKD's lambda ramp) are
+trains it once (``teacher.py`` trains it alone). Students are resnet20, 15 epochs. Epoch-based method parameters (DKD's warm-up, CTKD's lambda ramp) are
 scaled from their 240-epoch defaults to the 15-epoch runs.
 """
-from pathlib import Path
-
 from tstudy import RunConfig
 
 DATA = dict(dataset="tinyimagenet", image_size=32)
 RECIPE = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128,
               milestones=(0.5, 0.75), precision="bf16", **DATA)
 TEACHER = RunConfig(model="resnet56", method="ce", epochs=30, **RECIPE)
-TEACHER_DIR = Path(__file__).resolve().parents[2] / "results" / "tiny_imagenet" / "teacher"  # softmax profile
 STUDENT_EPOCHS = 15
 TEMPERATURES = [1, 2, 4, 8, 16]
 SEEDS = [0, 1, 2]
