@@ -12,7 +12,7 @@ from tstudy.errors import ConfigError
 from tstudy.executors.options import add_cli_flags, options_for
 from tstudy.migrate import legacy_studies, migrate
 from tstudy.store import FAILED, INCOMPLETE, RunStore
-from tstudy.study import Study, load_study, parse_sets
+from tstudy.study import Study, load_study, parse_sets, run_warnings
 
 EXECUTORS = ("local", "slurm")
 MAX_TABLE = 200
@@ -85,6 +85,7 @@ def cmd_plan(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     states = store.states(runs)
     counts = collections.Counter(s.status for s in states.values())
     n_t = sum(r.run_id in teacher_ids for r in runs)
+    _warn(runs)
     print(f"study {study.name}: {len(runs)} runs ({n_t} teacher{'s' if n_t != 1 else ''}, {len(runs) - n_t} students) "
           f"under {store.study_dir}  [expanded in {time.perf_counter() - t0:.2f} s]")
     print("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
@@ -104,6 +105,12 @@ def cmd_plan(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn(runs: Sequence) -> None:
+    """The runs' distinct warnings (e.g. a warm-up longer than the run), once each, on stderr."""
+    for line in run_warnings(runs):
+        print(f"tstudy: warning: {line}", file=sys.stderr)
+
+
 def _short(v: object) -> str:
     from tstudy.config import RunConfig, TeacherFile
 
@@ -120,6 +127,7 @@ def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     if args.executor == "slurm":
         from tstudy.executors import slurm
 
+        _warn(study.runs())
         return slurm.launch(study, store, args)
     from tstudy.engine import RunEnv, resolve_device
     from tstudy.executors.local import local_plan, run_local
@@ -133,6 +141,7 @@ def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     workers = min(opts.workers or default_workers(device), max(1, len(plan.packs)))
     threads = opts.threads or (opts.worker_threads(workers) if workers > 1 else None)
     todo = plan.todo
+    _warn(todo)
     print(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} done or running, {len(todo)} to launch"
           + (f" in {len(plan.packs)} packs" if opts.pack > 1 else "")
           + (f", {workers} workers" + (f" x {threads} threads" if device == "cpu" else "") if workers > 1 else ""))

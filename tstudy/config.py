@@ -28,6 +28,12 @@ LABELS = ("fine", "coarse")
 # Fields that define the data a run sees; a teacher must share them with its students.
 DATA_FIELDS = ("dataset", "labels", "image_size")
 ID_LENGTH = 16
+# Upper bounds: far beyond any real study, so a larger value is a typo (or cannot be computed).
+MAX_TEMPERATURE = 1000.0  # above it the softened softmax is uniform to float32 precision
+MAX_EPOCHS = 100_000  # the usual KD schedule is 240 epochs, the longest published ~10,000
+MAX_BATCH_SIZE = 65_536  # the largest batches of the large-batch literature (64k)
+MAX_IMAGE_SIZE = 1024  # the training set is held in memory as uint8 at this size
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit integers
 
 
 def _canonical_json(obj: Any) -> str:
@@ -45,7 +51,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ConfigError(f"non-finite value {value!r} cannot be part of a run config")
-        return value
+        return value + 0.0  # -0.0 -> 0.0: one spelling, one id
     if isinstance(value, (RunConfig, TeacherFile, WeightsFile)):
         return value.canonical()
     if isinstance(value, (tuple, list)):
@@ -114,7 +120,8 @@ class RunConfig:
     ``teacher`` is another RunConfig (a teacher trained by tstudy, method ``ce``), a
     :class:`TeacherFile`, or None. ``temperature`` is ONE field for every method; each method's
     docstring says what it means, and methods that do not use it store ``None``.
-    ``milestones`` are epochs, or fractions of ``epochs`` when all lie in (0, 1).
+    ``milestones`` are epochs, or fractions of ``epochs`` when all lie in (0, 1); an integral
+    value is stored as an int (150.0 -> 150), so both spellings are one run.
     ``eval_epochs`` are evaluated in addition to the last epoch, which always is.
     """
 
@@ -172,6 +179,8 @@ class RunConfig:
                 v = [_as_int(name, e) for e in v]
             elif any(isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) for m in v):
                 raise ConfigError(f"{name}: expected a list of numbers, got {v!r}")
+            else:  # as eval_epochs: an integral float is the int (ints hash as they always did)
+                v = [int(m) if float(m).is_integer() else float(m) for m in v]
             set_(name, tuple(sorted(dict.fromkeys(v))))
         if self.init == "scratch":
             set_("init", None)
@@ -220,11 +229,15 @@ class RunConfig:
         choice("precision", PRECISIONS)
         need(self.augment is None or self.augment in AUGMENTS,
              f"augment: unknown value {self.augment!r}; valid: {', '.join(AUGMENTS)} (or None for the dataset's default)")
-        need(self.image_size is None or self.image_size >= 4, f"image_size: must be >= 4, got {self.image_size}")
+        need(self.image_size is None or 4 <= self.image_size <= MAX_IMAGE_SIZE,
+             f"image_size: must be in 4..{MAX_IMAGE_SIZE} (the training set is held in memory), got {self.image_size}")
         params = dict(self.method_params)
         if cls.uses_temperature(params):
             need(finite("temperature", self.temperature) and self.temperature > 0,
                  f"temperature: must be a finite number > 0, got {self.temperature!r}")
+            need(self.temperature <= MAX_TEMPERATURE,
+                 f"temperature: must be at most {MAX_TEMPERATURE:g} (above it the softened softmax is uniform "
+                 f"to float32 precision), got {self.temperature:g}")
             cls.check_temperature(self.temperature, params)
         need(finite("lr", self.lr) and self.lr > 0, f"lr: must be a finite number > 0, got {self.lr!r}")
         need(finite("momentum", self.momentum) and 0 <= self.momentum < 1,
@@ -235,10 +248,14 @@ class RunConfig:
         need(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
              "nesterov: needs optimizer 'sgd' with momentum > 0")
         need(self.batch_size >= 1, f"batch_size: must be >= 1, got {self.batch_size}")
+        need(self.batch_size <= MAX_BATCH_SIZE, f"batch_size: must be at most {MAX_BATCH_SIZE} (the largest "
+             f"batches of the large-batch literature; a larger one is a typo), got {self.batch_size}")
         need(self.epochs >= 1, f"epochs: must be >= 1, got {self.epochs}")
+        need(self.epochs <= MAX_EPOCHS, f"epochs: must be at most {MAX_EPOCHS} (KD schedules are 240 epochs, "
+             f"the longest published ~10,000; a larger value is a typo), got {self.epochs}")
         need(0 <= self.warmup_epochs < self.epochs,
              f"warmup_epochs: must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
-        need(self.seed >= 0, f"seed: must be >= 0, got {self.seed}")
+        need(0 <= self.seed <= MAX_SEED, f"seed: must be in 0..2**63-1 (torch seeds are 64-bit), got {self.seed}")
         for e in self.eval_epochs:
             need(1 <= e <= self.epochs, f"eval_epochs: epoch {e} is outside 1..epochs={self.epochs}")
         if self.milestones:
@@ -324,6 +341,11 @@ class RunConfig:
     @property
     def params(self) -> dict:
         return dict(self.method_params)
+
+    def warnings(self) -> list[str]:
+        """What makes little sense in this run without being invalid (e.g. DKD's 20-epoch warm-up
+        in a 4-epoch run): one line each, shown by `plan` and written to the run log."""
+        return self.method_class().epoch_warnings(dict(self.method_params), self.epochs)
 
     @property
     def eval_points(self) -> tuple[int, ...]:

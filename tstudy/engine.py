@@ -244,6 +244,8 @@ class _Student:
                  teacher_info: dict, pack: int) -> None:
         self.cfg, self.d, self.data = cfg, store.run_dir(cfg), data
         self.d.mkdir(parents=True, exist_ok=True)
+        for line in cfg.warnings():
+            _log(self.d, f"warning: {line}")
         device = data.device
         torch.manual_seed(cfg.seed)
         self.model = build_network(cfg, data)

@@ -27,10 +27,18 @@ _KINDS = {
 
 @dataclass(frozen=True)
 class Param:
-    """A method hyper-parameter: default value and value kind (a key of ``_KINDS``)."""
+    """A method hyper-parameter: default value, value kind (a key of ``_KINDS``) and what it
+    counts, for the checks that need the run or its data (``unit``): ``"epochs"`` (a span of
+    training: a warning when it outlasts the run) or ``"nontarget"`` (a number of non-target
+    classes: at most the dataset's classes - 1, checked before launch)."""
 
     default: Any
     kind: str
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS or self.unit not in ("", "epochs", "nontarget"):
+            raise ValueError(f"Param: unknown kind {self.kind!r} or unit {self.unit!r}")
 
 
 def _is_number(x: Any) -> bool:
@@ -96,6 +104,23 @@ class MethodSpec:
         """Method-specific limits on ``temperature`` (checked by RunConfig before launch)."""
 
     @classmethod
+    def check_data(cls, params: Mapping[str, Any], num_classes: int) -> None:
+        """Limits that depend on the dataset (checked in preflight, once the data is loaded)."""
+        for key, value in cls.check_params(params).items():
+            if cls.params[key].unit == "nontarget" and value is not None and value > num_classes - 1:
+                raise ConfigError(
+                    f"method_params.{key}: must be at most {num_classes - 1} (the non-target classes of a "
+                    f"{num_classes}-class dataset) for method {cls.name!r}, got {value}")
+
+    @classmethod
+    def epoch_warnings(cls, params: Mapping[str, Any], epochs: int) -> list[str]:
+        """Parameters that make no sense for a run of ``epochs`` epochs (a ramp longer than the run)."""
+        return [f"method_params.{key}: {cls.name}'s {key}={value:g} epochs is longer than the run's {epochs} "
+                f"epochs, so it never completes"
+                for key, value in cls.check_params(params).items()
+                if cls.params[key].unit == "epochs" and value is not None and value > epochs]
+
+    @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults merged with ``params``, validated; ``ConfigError`` names the bad field."""
         for key in params:
@@ -145,21 +170,21 @@ class _CTKDSpec(MethodSpec):
 
 _W_CE, _W_KD = Param(0.1, "nonneg"), Param(0.9, "nonneg")
 _CTKD = {"w_ce": _W_CE, "w_kd": _W_KD, "t_start": Param(1.0, "positive"), "t_range": Param(20.0, "positive"),
-         "lambda_max": Param(1.0, "nonneg"), "lambda_epochs": Param(10.0, "nonneg")}
+         "lambda_max": Param(1.0, "nonneg"), "lambda_epochs": Param(10.0, "nonneg", "epochs")}
 
 _spec("ce", teacher=False, temperature_used=False)
 _spec("kd", params={"w_ce": _W_CE, "w_kd": _W_KD})
 _spec("lskd", params={"w_ce": Param(0.1, "nonneg"), "w_kd": Param(9.0, "nonneg")})
 _spec("kd_shuffled", params={"w_ce": _W_CE, "w_kd": _W_KD})
-_spec("kd_topk", params={"w_ce": _W_CE, "w_kd": _W_KD, "k": Param(5, "int_nonneg")})
-_spec("tckd", params={"w_ce": _W_CE, "alpha": Param(1.0, "nonneg"), "warmup": Param(0.0, "nonneg")})
-_spec("nckd", params={"w_ce": _W_CE, "beta": Param(1.0, "nonneg"), "warmup": Param(0.0, "nonneg")})
+_spec("kd_topk", params={"w_ce": _W_CE, "w_kd": _W_KD, "k": Param(5, "int_nonneg", "nontarget")})
+_spec("tckd", params={"w_ce": _W_CE, "alpha": Param(1.0, "nonneg"), "warmup": Param(0.0, "nonneg", "epochs")})
+_spec("nckd", params={"w_ce": _W_CE, "beta": Param(1.0, "nonneg"), "warmup": Param(0.0, "nonneg", "epochs")})
 _spec("ttm", params={"w_ce": Param(1.0, "nonneg"), "beta": Param(None, "nonneg_or_none")})
 _spec("wttm", params={"w_ce": Param(1.0, "nonneg"), "beta": Param(None, "nonneg_or_none")})
 _spec("dkd", params={"w_ce": Param(1.0, "nonneg"), "alpha": Param(1.0, "nonneg"),
-                     "beta": Param(None, "nonneg_or_none"), "warmup": Param(20.0, "nonneg")})
+                     "beta": Param(None, "nonneg_or_none"), "warmup": Param(20.0, "nonneg", "epochs")})
 _spec("dtkd", params={"w_ce": Param(1.0, "nonneg"), "alpha": Param(None, "nonneg_or_none"),
-                      "beta": Param(None, "nonneg_or_none"), "warmup": Param(20.0, "nonneg")})
+                      "beta": Param(None, "nonneg_or_none"), "warmup": Param(20.0, "nonneg", "epochs")})
 _spec("ctkd", _CTKDSpec, params=dict(_CTKD))
 _spec("ctkd_instance", _CTKDSpec, params={**_CTKD, "hidden": Param(256, "int_pos")})
 _spec("ls", _LSSpec, params={"epsilon": Param(None, "unit_or_none")})

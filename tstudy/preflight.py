@@ -34,13 +34,17 @@ def check_root_writable(store: RunStore) -> None:
 
 
 def check_data(runs: Sequence[RunConfig], data_root: str | None, env: "RunEnv | None" = None) -> None:
-    """Load each distinct dataset the runs need once, so a missing one fails now. With ``env`` the
-    data stays loaded (on its device) for the training that follows."""
+    """Load each distinct dataset the runs need once, so a missing one fails now, and check what
+    depends on it: the models fit its images, the method's parameters its classes (kd_topk's k),
+    a teacher file its classes. With ``env`` the data stays loaded (on its device) for the
+    training that follows."""
+    from tstudy.config import TeacherFile
     from tstudy.data import load_dataset
 
     import torch
 
     from tstudy.models import build_model
+    from tstudy.models.weights import load_weights
 
     splits: dict = {}
     built: set = set()
@@ -50,11 +54,23 @@ def check_data(runs: Sequence[RunConfig], data_root: str | None, env: "RunEnv | 
             splits[key] = (env.data(r).splits if env is not None else
                            load_dataset(r.dataset, data_root, image_size=r.image_size, labels=r.labels))
         s = splits[key]
+        try:
+            r.method_class().check_data(dict(r.method_params), s.num_classes)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (run {r.run_id} on {r.dataset})") from None
         for model in {r.model, r.teacher_model} - {None}:
             if (model, key) not in built:  # e.g. an input too small for the model: fail now
                 built.add((model, key))
                 with torch.device("meta"):
                     build_model(model, s.num_classes, s.in_channels, s.image_size)
+        t = r.teacher
+        if isinstance(t, TeacherFile) and (t.weights.sha256, key) not in built:  # its head fits the classes
+            built.add((t.weights.sha256, key))
+            try:
+                load_weights(build_model(t.model, s.num_classes, s.in_channels, s.image_size), t.weights.path,
+                             strict_head=True)
+            except ConfigError as e:
+                raise ConfigError(f"teacher: {e} (on {r.dataset}, {s.num_classes} classes)") from None
 
 
 def check_weights(runs: Sequence[RunConfig]) -> None:

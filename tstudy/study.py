@@ -104,6 +104,8 @@ class Study:
                 if cfg is None:
                     continue
                 out.setdefault(cfg.run_id, cfg)
+        if not out:  # only `where` can drop runs: axes and seeds are never empty
+            raise ConfigError(f"where: drops every run of study {self.name!r}; a study needs at least one run")
         return list(out.values())
 
     def _make(self, changes: dict[str, Any], combo: tuple) -> RunConfig | None:
@@ -128,8 +130,13 @@ class Study:
             cfg = _call_user("derive", self.derive, cfg, f"study {self.name!r}, run with {where}")
             if not isinstance(cfg, RunConfig):
                 raise ConfigError(f"derive: must return a RunConfig, got {type(cfg).__name__}")
-        if self.where is not None and not _call_user("where", self.where, cfg, f"study {self.name!r}, run {cfg.run_id}"):
-            return None
+        if self.where is not None:
+            keep = _call_user("where", self.where, cfg, f"study {self.name!r}, run {cfg.run_id}")
+            if not isinstance(keep, bool):
+                raise ConfigError(f"where: must return True or False, got {keep!r} "
+                                  f"(study {self.name!r}, run {cfg.run_id} with {where})")
+            if not keep:
+                return None
         return cfg
 
     def teachers(self, students: Sequence[RunConfig] | None = None) -> list[RunConfig]:
@@ -159,12 +166,14 @@ class Study:
     # ----------------------------------------------------------------- overrides
     def override(self, sets: Mapping[str, Any]) -> "Study":
         """Apply ``--set`` overrides: ``field=value`` on the base (replacing that axis, if any),
-        ``teacher.field=value`` on the base's teacher. Data fields also go to the teacher."""
+        ``teacher.field=value`` on the base's teacher. Data fields also go to a trained teacher (a
+        teacher file is used on the student's data as it is). A method that takes no teacher
+        (``ce``) drops the teacher, from the base and from the axes, as on a method axis."""
         base, axes = self.base, dict(self.axes)
-        teacher_changes = {k.split(".", 1)[1]: v for k, v in sets.items() if k.startswith("teacher.")}
+        explicit = {k.split(".", 1)[1]: v for k, v in sets.items() if k.startswith("teacher.")}
         changes = {k: v for k, v in sets.items() if not k.startswith("teacher.")}
         check_fields(changes, "--set")
-        check_fields(teacher_changes, "--set teacher")
+        check_fields(explicit, "--set teacher")
         if "seed" in changes:
             raise ConfigError("--set: use --seeds to change seeds")
         for k in changes:
@@ -172,6 +181,16 @@ class Study:
                 fields = (key,) if isinstance(key, str) else key
                 if k in fields:
                     del axes[key]
+        if "method" in changes and changes["method"] != base.method and "method_params" not in changes:
+            changes["method_params"] = {}  # as on a method axis: the base's parameters are for its method
+        if ("method" in changes or "method_params" in changes) and not _takes_teacher(
+                changes.get("method", base.method), changes.get("method_params", base.method_params)):
+            if explicit:
+                raise ConfigError(f"--set teacher.{next(iter(explicit))}: method "
+                                  f"{changes.get('method', base.method)!r} takes no teacher")
+            changes["teacher"] = None
+            axes = _without_teacher(axes)
+        teacher_changes = dict(explicit)
         for name in DATA_FIELDS:
             if name in changes and name not in teacher_changes:
                 teacher_changes[name] = changes[name]
@@ -181,15 +200,58 @@ class Study:
                 return cfg.teacher.replace(**teacher_changes)
             return cfg.teacher
 
-        if isinstance(base.teacher, TeacherFile) and teacher_changes:
-            raise ConfigError("--set teacher.*: the teacher is an external file; nothing to set")
-        new_base = dataclasses.replace(base, **changes, teacher=with_teacher(base))
+        if isinstance(base.teacher, TeacherFile) and explicit:
+            raise ConfigError(f"--set teacher.{next(iter(explicit))}: the teacher is an external file "
+                              "(TeacherFile); nothing to set")
+        new_base = dataclasses.replace(base, **{"teacher": with_teacher(base), **changes})
         for key in list(axes):
             fields = (key,) if isinstance(key, str) else key
             if "teacher" in fields and teacher_changes:
                 i = fields.index("teacher")
                 axes[key] = [_set_teacher(v, i, len(fields), teacher_changes) for v in axes[key]]
         return dataclasses.replace(self, base=new_base, axes=axes)
+
+
+def _takes_teacher(method: Any, params: Any) -> bool:
+    """Whether ``method`` with ``params`` uses a teacher (True when either is invalid: RunConfig
+    then names the problem)."""
+    from tstudy.method_specs import method_spec
+
+    if not isinstance(params, Mapping):
+        return True
+    try:
+        return method_spec(method).needs_teacher(dict(params))
+    except ConfigError:
+        return True
+
+
+def _without_teacher(axes: dict) -> dict:
+    """The axes without ``teacher``: an axis on it alone goes, a zipped axis keeps its other fields."""
+    out: dict = {}
+    for key, values in axes.items():
+        fields = (key,) if isinstance(key, str) else tuple(key)
+        if "teacher" not in fields:
+            out[key] = values
+        elif len(fields) > 1:
+            i = fields.index("teacher")
+            rest = fields[:i] + fields[i + 1:]
+            kept: list = []
+            for v in values:
+                v = tuple(v[:i]) + tuple(v[i + 1:])
+                v = v[0] if len(rest) == 1 else v
+                if v not in kept:
+                    kept.append(v)
+            out[rest[0] if len(rest) == 1 else rest] = kept
+    return out
+
+
+def run_warnings(runs: Sequence[RunConfig]) -> list[str]:
+    """Each distinct warning of the runs once, with how many runs it concerns."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        for w in r.warnings():
+            counts[w] = counts.get(w, 0) + 1
+    return [f"{w} ({n} run{'s' if n != 1 else ''})" for w, n in counts.items()]
 
 
 def _call_user(name: str, fn: Callable, cfg: RunConfig, context: str) -> Any:
