@@ -29,4 +29,4 @@ def student(**changes) -> RunConfig:
 # lie strictly inside: widened to (0.5, 20.5) so that every T of the grid is valid.
 CTKD_RANGE = {"t_start": 0.5, "t_range": 20.0}
 TIER1 = [("ce", {}), ("kd", {}), ("ttm", {}), ("wttm", {}), ("dkd", {"warmup": 20 * SCALE}),
-         ("dtkd", {}), ("ctkd", {"lambda_epochs": 10 * SCALE, **CTKD_RANGE}), ("lskd", {})]
+         ("dtkd", {"warmup": 20 * SCALE}), ("ctkd", {"lambda_epochs": 10 * SCALE, **CTKD_RANGE}), ("lskd", {})]
