@@ -10,6 +10,7 @@ from typing import Sequence
 
 from tstudy.errors import ConfigError
 from tstudy.executors.options import add_cli_flags, options_for
+from tstudy.lock import describe, is_stale, on_this_host, remove_if_unchanged
 from tstudy.migrate import legacy_studies, migrate
 from tstudy.store import FAILED, INCOMPLETE, RunStore
 from tstudy.study import Study, load_study, parse_sets, run_warnings
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("clean", "delete incomplete and failed runs (asks first)")
     c.add_argument("--yes", action="store_true", help="do not ask")
     c.add_argument("--dry-run", action="store_true", help="print what would be deleted")
+    c.add_argument("--stale-locks", action="store_true",
+                   help="instead, remove the locks of the study's runs held by dead processes or by processes on "
+                        "other hosts (names each owner; asks first)")
     c = sub.add_parser("migrate", help="move ROOT/<study>/runs/ folders to the shared run store ROOT/runs/")
     c.add_argument("root", help="the root to migrate (e.g. results)")
     return p
@@ -89,6 +93,7 @@ def cmd_plan(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     print(f"study {study.name}: {len(runs)} runs ({n_t} teacher{'s' if n_t != 1 else ''}, {len(runs) - n_t} students) "
           f"under {store.study_dir}  [expanded in {time.perf_counter() - t0:.2f} s]")
     print("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    _note_finished_elsewhere(store, runs, args)
     if len(runs) <= MAX_TABLE or getattr(args, "all", False):
         fields = study.varying_fields()
         table = [["run_id", "role", "state", "epoch", *fields, ""]]
@@ -109,6 +114,23 @@ def _warn(runs: Sequence) -> None:
     """The runs' distinct warnings (e.g. a warm-up longer than the run), once each, on stderr."""
     for line in run_warnings(runs):
         print(f"tstudy: warning: {line}", file=sys.stderr)
+
+
+def _note_finished_elsewhere(store: RunStore, runs: Sequence, args: argparse.Namespace) -> None:
+    """One line when finished runs this study launched before are not in the current expansion
+    (``--set``/``--seeds``, or an edited study file): their count and how to see them."""
+    others = store.finished_elsewhere(r.run_id for r in runs)
+    if not others:
+        return
+    n = len(others)
+    what = f"{n} finished run{'s' if n != 1 else ''} of study {store.study!r} under {store.root}"
+    if args.sets or args.seeds:
+        flags = " and ".join(f for f, given in (("--set", args.sets), ("--seeds", args.seeds)) if given)
+        print(f"  note: {what} {'are' if n != 1 else 'is'} not in this expansion ({flags}): "
+              f"`tstudy status {args.study} --root {args.root}` without {flags} lists them")
+    else:
+        print(f"  note: {what} {'are' if n != 1 else 'is'} no longer named by the study file; "
+              f"their ids are in {store.study_dir / 'study.json'}")
 
 
 def _short(v: object) -> str:
@@ -182,6 +204,7 @@ def cmd_collect(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     path = write_results(df, store)
     print(f"{path}: {len(df)} rows from {df['run_id'].nunique() if len(df) else 0} runs"
           + (f" ({len(skipped)} runs left out)" if skipped else ""))
+    _note_finished_elsewhere(store, study.runs(), args)
     return 0
 
 
@@ -197,6 +220,13 @@ def cmd_figures(study: Study, store: RunStore, args: argparse.Namespace) -> int:
 
 def cmd_clean(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     ids = {r.run_id for r in study.runs()}
+    if args.stale_locks:
+        return _clean_locks(store, ids, args)
+    elsewhere = [rid for rid, info in store.foreign_locks(ids)
+                 if info and not on_this_host(info) and not info.get("slurm_job")]
+    if elsewhere:
+        print(f"  {len(elsewhere)} run{'s are' if len(elsewhere) != 1 else ' is'} locked by processes on other "
+              f"hosts, shown as running: `tstudy clean {args.study} --stale-locks` lists those locks")
     victims = [i for i in store.run_ids_on_disk()
                if i in ids and store.state(i).status in (INCOMPLETE, FAILED)]
     if not victims:
@@ -225,6 +255,50 @@ def cmd_clean(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     deleted = sum(store.remove(i) for i in victims)
     kept = len(victims) - deleted
     print(f"deleted {deleted} run directories" + (f"; {kept} left alone (started meanwhile)" if kept else ""))
+    return 0
+
+
+def _clean_locks(store: RunStore, ids: set[str], args: argparse.Namespace) -> int:
+    """`clean --stale-locks`: list the locks of the study's runs held by dead processes or by
+    processes on other hosts (tstudy cannot tell whether those still run), each with its owner;
+    after a yes (or --yes), remove exactly those lock files, unless they changed meanwhile. A
+    SLURM job's lock whose job squeue still shows is left alone."""
+    found, queue = [], None
+    for rid, info in store.foreign_locks(ids):
+        job = info.get("slurm_job") if info else None
+        if job and not on_this_host(info):
+            if queue is None:
+                from tstudy.executors.slurm import read_queue
+
+                queue = read_queue() or False
+            entry = queue.by_raw.get(str(job)) if queue else None
+            if entry is not None and entry.alive:
+                print(f"  left {rid}: locked by {describe(info)}, a job squeue shows as {entry.state.lower()}")
+                continue
+        found.append((rid, info))
+    if not found:
+        print("no stale locks")
+        return 0
+    for rid, info in found:
+        why = ("unreadable lock file" if not info else "process gone" if is_stale(info) else
+               "on another host: tstudy cannot tell whether it still runs")
+        print(f"  {rid}: locked by {describe(info)} ({why})")
+    n = len(found)
+    if args.dry_run:
+        print(f"would remove {n} lock file{'s' if n != 1 else ''}")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("clean: not a terminal; pass --yes to remove the locks without asking")
+        question = (f"remove these {n} lock file{'s' if n != 1 else ''}? If one of those processes still runs, "
+                    f"its run may then be trained twice [y/N] ")
+        if input(question).strip().lower() not in ("y", "yes"):
+            print("no lock removed")
+            return 0
+    removed = sum(remove_if_unchanged(store.run_dir(rid), info) for rid, info in found)
+    print(f"removed {removed} lock file{'s' if removed != 1 else ''}"
+          + (f"; {n - removed} changed meanwhile, left alone" if removed < n else "")
+          + ("; launching again resumes those runs" if removed else ""))
     return 0
 
 

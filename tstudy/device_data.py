@@ -30,6 +30,18 @@ class DeviceData:
         x = (x.float() - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def batch_starts(self, batch_size: int) -> list[int]:
+        """Where each batch of an epoch starts in the shuffled order."""
+        n = self.train_x.shape[0]
+        starts = list(range(0, n, batch_size))
+        if len(starts) > 1 and n - starts[-1] == 1:
+            starts.pop()  # a last batch of one sample breaks BatchNorm; drop it
+        return starts
+
+    def n_batches(self, batch_size: int) -> int:
+        """Training steps per epoch."""
+        return len(self.batch_starts(batch_size))
+
     def epoch_batches(self, seed: int, epoch: int, batch_size: int, augment: str):
         """Yield the (images, labels) batches of one epoch: shuffled, augmented, normalised."""
         g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
@@ -41,10 +53,7 @@ class DeviceData:
         perm = perm.to(self.device)
         if augment == "crop_flip":
             offsets, flips = offsets.to(self.device), flips.to(self.device)
-        starts = list(range(0, n, batch_size))
-        if len(starts) > 1 and n - starts[-1] == 1:
-            starts.pop()  # a last batch of one sample breaks BatchNorm; drop it
-        for s in starts:
+        for s in self.batch_starts(batch_size):
             idx = perm[s:s + batch_size]
             x = self.train_x[idx]
             if augment == "crop_flip":

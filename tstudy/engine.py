@@ -37,6 +37,8 @@ from tstudy.store import (DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunState,
 PACK_MODES = ("auto", "sequential", "network")
 
 EpochCallback = Callable[[RunConfig, int, dict], None]
+StepCallback = Callable[[RunConfig, int, int, int], None]  # (cfg, epoch, steps done, steps per epoch)
+STEP_REPORT_S = 1.0  # on_step is called at most this often
 
 
 @dataclass
@@ -46,6 +48,9 @@ class RunEnv:
     device: str = "cpu"
     data_root: str | None = None
     on_epoch: EpochCallback | None = None
+    # Progress inside an epoch, at most every STEP_REPORT_S seconds: host-side step counts only,
+    # no device sync (on a GPU the steps counted are those launched).
+    on_step: StepCallback | None = None
     stop_after_epoch: int | None = None  # for tests: stop (as if killed) after this epoch
     # How a group of packable runs trains: ``sequential`` (each student steps in turn),
     # ``network`` (the students as one packed network, tstudy.packnet), ``auto`` (network on
@@ -232,9 +237,9 @@ def _repair(cfg: RunConfig, store: RunStore, d: Path) -> None:
 
 
 def _ckpt_epoch(d: Path) -> int:
-    from tstudy.store import read_status
+    from tstudy.store import _int, read_status
 
-    return int(read_status(d).get("epoch", 0) or 0)
+    return _int(read_status(d).get("epoch", 0))
 
 
 class _Student:
@@ -255,7 +260,7 @@ class _Student:
             self.model.to(memory_format=torch.channels_last)
         self.method = build_method(cfg.method, temperature=cfg.temperature, teacher_model=cfg.teacher_model,
                                    student_model=cfg.model, num_classes=data.num_classes, **cfg.params).to(device)
-        if teacher is not None and cfg.method_class().needs_teacher(cfg.params):
+        if teacher is not None and type(self.method).needs_teacher_train_logits(cfg.params):  # ls, not kd
             self.method.prepare(teacher_train_logits(cfg, store, teacher, data))
         self.opt = make_optimizer(cfg, list(self.model.parameters()) + list(self.method.parameters()))
         self.start, self.rows, self.seconds, self.images = 0, [], 0.0, 0
@@ -397,6 +402,7 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
             pack.begin_epoch(epoch)
         t0 = time.perf_counter()
         step = group_step(group, pack, teacher, data, epoch, graphs=_use_graphs(env, group, pack, epoch == start + 1))
+        n_steps, told = data.n_batches(cfg.batch_size), time.monotonic()
         for i, (x, y) in enumerate(data.epoch_batches(cfg.seed, epoch, cfg.batch_size, augment)):
             try:
                 failed = step(x, y, i)
@@ -407,6 +413,9 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
                     results[s.cfg.run_id] = _record_failure(s.d, e)
                     group.remove(s)
                 return results
+            if env.on_step is not None and (now := time.monotonic()) - told >= STEP_REPORT_S:
+                told = now
+                env.on_step(cfg, epoch, i + 1, n_steps)
             if not failed:
                 continue
             if pack is not None:  # a method raised: that run fails, the others go on in a smaller pack

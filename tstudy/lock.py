@@ -1,8 +1,10 @@
 """A lock per run directory, so two launches never train the same run at once.
 
-The lock file holds the owner's host, pid and SLURM job id. A lock whose owner is a dead
-process on this host, or whose SLURM job is the one now running (a requeue), is stale and
-taken over.
+The lock file holds the owner's host, pid, SLURM job id and the time it was taken. A lock whose
+owner is a dead process on this host, or whose SLURM job is the one now running (a requeue), is
+stale and taken over. A lock left on another host outside SLURM cannot be judged from here:
+``tstudy clean --stale-locks`` lists such locks and removes them after asking
+(:func:`remove_if_unchanged`).
 """
 from __future__ import annotations
 
@@ -41,6 +43,21 @@ def read_lock(path: Path) -> dict | None:
         return {}  # unreadable: half-written by a crashed owner
 
 
+def describe(info: dict | None) -> str:
+    """A lock's owner for people: ``pid 12 on host h since 2026-01-02 03:04:05 (SLURM job 7)``."""
+    if not info:
+        return "an unknown owner (lock file unreadable)"
+    t = info.get("time")
+    since = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if isinstance(t, (int, float))
+             else "an unknown time")
+    job = f" (SLURM job {info['slurm_job']})" if info.get("slurm_job") else ""
+    return f"pid {info.get('pid', '?')} on host {info.get('host', '?')} since {since}{job}"
+
+
+def on_this_host(info: dict | None) -> bool:
+    return bool(info) and info.get("host") == socket.gethostname()
+
+
 def held_by_me(info: dict | None) -> bool:
     """True when this very process owns the lock."""
     return bool(info) and info.get("host") == socket.gethostname() and info.get("pid") == os.getpid()
@@ -76,7 +93,7 @@ class RunLock:
             except FileExistsError:
                 info = read_lock(self.path)
                 if not is_stale(info):
-                    raise LockHeld(f"run {self.path.parent.name} is being trained by {info}") from None
+                    raise LockHeld(f"run {self.path.parent.name} is being trained by {describe(info)}") from None
                 self._take_over(info)
                 continue
             finally:
@@ -87,23 +104,8 @@ class RunLock:
 
     def _take_over(self, seen: dict | None) -> None:
         """Remove a stale lock, guarded by ``lock.takeover`` so two takers cannot both win."""
-        guard = self.path.with_name("lock.takeover")
-        try:
-            gfd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                if time.time() - guard.stat().st_mtime > 60:  # a taker died mid-way
-                    guard.unlink(missing_ok=True)
-            except FileNotFoundError:
-                pass
+        if _remove_guarded(self.path, seen) is None:
             time.sleep(0.05)
-            return
-        os.close(gfd)
-        try:
-            if read_lock(self.path) == seen:  # still the same stale owner
-                self.path.unlink(missing_ok=True)
-        finally:
-            guard.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self.held:
@@ -118,3 +120,39 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _remove_guarded(path: Path, seen: dict | None) -> bool | None:
+    """Unlink the lock ``path`` if it still holds ``seen``, guarded by ``lock.takeover`` so two
+    takers cannot both win: True when removed, False when it changed meanwhile, None when another
+    taker holds the guard (try again)."""
+    guard = path.with_name("lock.takeover")
+    try:
+        gfd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:
+            if time.time() - guard.stat().st_mtime > 60:  # a taker died mid-way
+                guard.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        return None
+    os.close(gfd)
+    try:
+        if read_lock(path) != seen:  # taken over or released meanwhile
+            return False
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        guard.unlink(missing_ok=True)
+
+
+def remove_if_unchanged(run_dir: Path, seen: dict | None, tries: int = 100) -> bool:
+    """Remove ``run_dir/lock`` only if it still holds ``seen`` (the owner a person agreed to
+    override); True when removed."""
+    path = Path(run_dir) / "lock"
+    for _ in range(tries):
+        done = _remove_guarded(path, seen)
+        if done is not None:
+            return done
+        time.sleep(0.05)
+    return False

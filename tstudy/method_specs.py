@@ -86,6 +86,10 @@ class MethodSpec:
     params: ClassVar[dict[str, Param]] = {}
     teacher: ClassVar[bool] = True  # default for needs_teacher()
     temperature_used: ClassVar[bool] = True  # default for uses_temperature()
+    # Whether ``prepare()`` reads the teacher's logits on the whole training set (ls matches its ε
+    # to them); only then does the engine compute or load them (a forward pass over the training
+    # set for a teacher file). Default for needs_teacher_train_logits().
+    prepare_reads_train_logits: ClassVar[bool] = False
 
     @classmethod
     def param_names(cls) -> tuple[str, ...]:
@@ -98,6 +102,11 @@ class MethodSpec:
     @classmethod
     def uses_temperature(cls, params: Optional[Mapping[str, Any]] = None) -> bool:
         return cls.temperature_used
+
+    @classmethod
+    def needs_teacher_train_logits(cls, params: Optional[Mapping[str, Any]] = None) -> bool:
+        """Whether ``prepare()`` must be given the teacher's training-set logits."""
+        return cls.prepare_reads_train_logits and cls.needs_teacher(params)
 
     @classmethod
     def check_temperature(cls, temperature: Optional[float], params: Mapping[str, Any]) -> None:
@@ -187,7 +196,7 @@ _spec("dtkd", params={"w_ce": Param(1.0, "nonneg"), "alpha": Param(None, "nonneg
                       "beta": Param(None, "nonneg_or_none"), "warmup": Param(20.0, "nonneg", "epochs")})
 _spec("ctkd", _CTKDSpec, params=dict(_CTKD))
 _spec("ctkd_instance", _CTKDSpec, params={**_CTKD, "hidden": Param(256, "int_pos")})
-_spec("ls", _LSSpec, params={"epsilon": Param(None, "unit_or_none")})
+_spec("ls", _LSSpec, prepare_reads_train_logits=True, params={"epsilon": Param(None, "unit_or_none")})
 
 
 def method_spec(name: str) -> type[MethodSpec]:

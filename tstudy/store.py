@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -21,11 +22,12 @@ from typing import Iterable
 from tstudy import atomic
 from tstudy.config import RunConfig
 from tstudy.errors import ConfigError
-from tstudy.lock import held_by_me, is_stale, read_lock
+from tstudy.lock import LockHeld, RunLock, held_by_me, is_stale, on_this_host, read_lock
 
 NOT_LAUNCHED, INCOMPLETE, RUNNING, DONE, FAILED, DIVERGED = (
     "not launched", "incomplete", "running", "done", "failed", "diverged")
 FINISHED = (DONE, DIVERGED)  # final states: launch does not run these again
+STATUSES = (INCOMPLETE, RUNNING, DONE, FAILED, DIVERGED)  # what a status.json may say
 RUNS = "runs"  # <root>/runs: the shared run store (so no study may be called "runs")
 RECORD = "study.json"
 
@@ -100,7 +102,11 @@ class RunStore:
             return RunState(INCOMPLETE, reason=problem)
         status = read_status(d)
         s = status.get("status")
-        epoch = int(status.get("epoch", 0))
+        if s not in STATUSES:  # status.json missing or damaged: a finished run stays finished
+            recovered = self._recover_status(d, cfg if isinstance(cfg, RunConfig) else None)
+            if recovered is not None:
+                return recovered
+        epoch = _int(status.get("epoch", 0))
         if s in (DONE, DIVERGED):
             missing = [f for f in ("metrics.parquet",) + (("model.pt",) if s == DONE else ()) if not (d / f).exists()]
             if missing:
@@ -117,6 +123,24 @@ class RunStore:
             return RunState(INCOMPLETE, epoch, status["reason"])
         return RunState(INCOMPLETE, epoch, "stopped before the end" if epoch else "never finished an epoch")
 
+    def _recover_status(self, d: Path, cfg: RunConfig | None) -> RunState | None:
+        """A done run whose status.json is missing or damaged but whose final files are intact
+        (:func:`final_status`): its status.json rewritten from them (atomically, under the run's
+        lock, the damaged file set aside, a line in log.txt) and DONE; None when not intact."""
+        if cfg is None:
+            cfg = RunConfig.from_dict(json.loads((d / "config.json").read_text()))  # checked by the caller
+        if final_status(d, cfg) is None:
+            return None
+        try:
+            if held_by_me(read_lock(d / "lock")):
+                repair_status(d, cfg)
+            else:
+                with RunLock(d):
+                    repair_status(d, cfg)
+        except (LockHeld, OSError):
+            pass  # another process holds the run, or the root is read-only: repaired at a later call
+        return RunState(DONE, cfg.epochs)
+
     @staticmethod
     def check_config(d: Path, run_id: str) -> str:
         """'' when config.json parses and hashes to the directory's run id, else the problem."""
@@ -131,6 +155,26 @@ class RunStore:
     def states(self, cfgs: Iterable[RunConfig]) -> dict[str, RunState]:
         return {c.run_id: self.state(c) for c in cfgs}
 
+    def finished_elsewhere(self, run_ids: Iterable[str]) -> list[str]:
+        """The run ids this study's record lists, not among ``run_ids`` (e.g. the runs of the
+        study's own config when ``--set`` or ``--seeds`` changed the expansion), whose
+        status.json says done or diverged: one small file read per run, no metrics."""
+        others = set(self.record().get("runs", [])) - set(run_ids)
+        return sorted(r for r in others if read_status(self.run_dir(r)).get("status") in FINISHED)
+
+    def foreign_locks(self, run_ids: Iterable[str]) -> list[tuple[str, dict]]:
+        """``(run id, lock)`` of the runs locked by a dead process on this host, or by a process on
+        another host (which this host cannot check), or with an unreadable lock; not this
+        process's locks, nor those of live processes here."""
+        out = []
+        for rid in sorted(set(run_ids)):
+            info = read_lock(self.run_dir(rid) / "lock")
+            if info is None or held_by_me(info):
+                continue
+            if is_stale(info) or not on_this_host(info):
+                out.append((rid, info))
+        return out
+
     def run_ids_on_disk(self) -> list[str]:
         if not self.runs_dir.exists():
             return []
@@ -139,8 +183,6 @@ class RunStore:
     def remove(self, run_id: str, only: tuple[str, ...] = (INCOMPLETE, FAILED)) -> bool:
         """Delete a run directory if, under its lock, its state is one of ``only`` (used by
         `clean` after confirmation: a run that a launch started meanwhile is left alone)."""
-        from tstudy.lock import LockHeld, RunLock
-
         d = self.run_dir(run_id)
         trash = d.with_name(f".trash-{run_id}-{os.getpid()}")
         try:
@@ -190,13 +232,73 @@ def set_aside(path: Path) -> Path | None:
     return target
 
 
+UNREADABLE = "status.json unreadable"
+
+
 def read_status(d: Path) -> dict:
+    """The run's status.json; ``{}`` when absent; ``{"reason": UNREADABLE}`` (no status) when
+    it cannot be parsed or is not an object."""
     try:
-        return json.loads((d / "status.json").read_text())
+        status = json.loads((d / "status.json").read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError):
-        return {"status": INCOMPLETE, "reason": "status.json unreadable"}
+        return {"reason": UNREADABLE}
+    return status if isinstance(status, dict) else {"reason": UNREADABLE}
+
+
+def _int(v: object) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def final_status(d: Path, cfg: RunConfig) -> dict | None:
+    """The status.json of a done run rebuilt from its final files, or None unless they are all
+    intact: model.pt a whole file (torch's zip format), metrics.parquet intact and holding the
+    final epoch's rows, and no checkpoint.pt (a run stopped while finishing resumes from it).
+    The caller has checked that config.json hashes to the run id."""
+    if (d / "checkpoint.pt").exists() or not zipfile.is_zipfile(d / "model.pt"):
+        return None
+    if not parquet_intact(d / "metrics.parquet"):
+        return None
+    try:
+        import pandas as pd
+
+        rows = pd.read_parquet(d / "metrics.parquet")
+        last = rows[rows["epoch"] == cfg.epochs]
+    except Exception:  # noqa: BLE001 - unreadable despite its magic bytes, or no epoch column
+        return None
+    if last.empty:
+        return None
+    acc = {r["split"]: float(r["acc1"]) for _, r in last.iterrows() if "split" in r and "acc1" in r}
+    extra = {k: float(last[k].iloc[-1]) for k in ("wall_time_s", "images_per_s") if k in last}
+    return {"status": DONE, "epoch": cfg.epochs, "test_acc1": acc.get("test"), "train_acc1": acc.get("train"),
+            **extra, "repaired": "rebuilt from model.pt and metrics.parquet"}
+
+
+def repair_status(d: Path, cfg: RunConfig) -> bool:
+    """Rewrite a missing or damaged status.json of a done run from its final files (the caller
+    holds the run's lock): the damaged file is set aside, the new one written atomically, and
+    log.txt says so. False (nothing written) when status.json is valid or the files are not intact."""
+    if read_status(d).get("status") in STATUSES:
+        return False
+    status = final_status(d, cfg)
+    if status is None:
+        return False
+    aside = set_aside(d / "status.json")
+    atomic.write_json(d / "status.json", status)
+    log_line(d, ("status.json unreadable; set aside as " + aside.name if aside else "status.json missing")
+             + "; the run's final files are intact (model.pt, metrics.parquet up to epoch "
+             f"{cfg.epochs}): status.json rebuilt from them, nothing retrained")
+    return True
+
+
+def log_line(d: Path, line: str) -> None:
+    """Append a time-stamped line to the run's log.txt."""
+    with open(d / "log.txt", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 
 
 def write_status(d: Path, status: str, **info: object) -> None:

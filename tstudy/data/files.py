@@ -12,10 +12,13 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -112,6 +115,17 @@ def decode_all(items: Sequence[T], read: Callable[[T], bytes], size: int,
         for f in pending:
             f.result()
     return out
+
+
+@contextmanager
+def decoding(dataset: str, n: int, source: str) -> Iterator[None]:
+    """Say on stderr when decoding ``n`` images starts and when it ends (it can take minutes)."""
+    print(f"tstudy: {dataset}: decoding {n:,} images from {source} (once: then cached under "
+          f"{cache_dir()}) ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    yield
+    print(f"tstudy: {dataset}: decoded {n:,} images in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------- caching

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tstudy.data import DATASETS, DataError, DataSplits, channel_stats, data_roots
-from tstudy.data.files import (cached, check_image_size, check_labels, decode_all, fingerprint,
+from tstudy.data.files import (cached, check_image_size, check_labels, decode_all, decoding, fingerprint,
                                is_image, natural_key, not_found)
 
 SUBFOLDER = "imagefolder"
@@ -83,7 +83,8 @@ def load_imagefolder(root=None, image_size: int | None = None, labels: str = "fi
     train, test = list_images(folder / "train", label), list_images(test_dir, label)
 
     def build() -> dict[str, np.ndarray]:
-        (trx, tr_y), (tex, te_y) = decode_split(train, image_size), decode_split(test, image_size)
+        with decoding("imagefolder", len(train) + len(test), str(folder)):
+            (trx, tr_y), (tex, te_y) = decode_split(train, image_size), decode_split(test, image_size)
         return {"train_x": trx, "train_y": tr_y, "test_x": tex, "test_y": te_y}
 
     files = [(p.relative_to(folder).as_posix(), p) for p, _ in train + test]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tstudy.data import DATASETS, DataError, DataSplits, channel_stats, data_roots, resize_uint8
-from tstudy.data.files import (cached, check_image_size, check_labels, decode_all, fingerprint,
+from tstudy.data.files import (cached, check_image_size, check_labels, decode_all, decoding, fingerprint,
                                is_image, natural_key, not_found)
 
 log = logging.getLogger("tstudy.data.tinyimagenet")
@@ -208,12 +208,13 @@ def build_index(src: Source) -> Index:
 # ------------------------------------------------------------------------------------ loading
 
 def decode_splits(src: Source, index: Index) -> dict[str, np.ndarray]:
-    """Decode both splits at 64x64 and compute the train mean/std."""
+    """Decode both splits at 64x64 and compute the train mean/std (saying when it starts and ends)."""
     arrays = {}
-    for split, items in (("train", index.train), ("test", index.val)):
-        names = [n for n, _ in items]
-        arrays[f"{split}_x"] = decode_all(names, src.read, NATIVE_SIZE)
-        arrays[f"{split}_y"] = np.array([y for _, y in items], dtype=np.int64)
+    with decoding("tinyimagenet", len(index.train) + len(index.val), src.description):
+        for split, items in (("train", index.train), ("test", index.val)):
+            names = [n for n, _ in items]
+            arrays[f"{split}_x"] = decode_all(names, src.read, NATIVE_SIZE)
+            arrays[f"{split}_y"] = np.array([y for _, y in items], dtype=np.int64)
     return _with_stats(arrays)
 
 

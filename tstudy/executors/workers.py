@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from tstudy.config import RunConfig
+from tstudy.lock import describe, read_lock
 from tstudy.planning import Pack
 from tstudy.store import DONE, FAILED, RUNNING, RunStore
 
@@ -73,10 +74,11 @@ def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: in
     When fewer packs are left than workers, the pack a worker takes is split (once) so that the
     others get a share of it instead of idling (packing changes no run's result).
 
-    A pack waits while its teacher (``Pack.after``) is pending here or running elsewhere; when
-    the teacher ends other than done, the pack is skipped. ``env``: a ready ``RunEnv`` for a
-    single worker in this process (data already loaded by preflight). ``threads``: torch threads
-    per worker (None: leave torch's default, one worker only). ``before``: called once the
+    A pack waits while its teacher (``Pack.after``) is pending here or running elsewhere (saying
+    so once per teacher, with the lock's owner); when the teacher ends other than done, the pack
+    is skipped. ``env``: a ready ``RunEnv`` for a single worker in this process (data already
+    loaded by preflight). ``threads``: torch threads per worker (None: leave torch's default, one
+    worker only). ``before``: called once the
     worker processes are starting (they import torch meanwhile) and before any pack is sent,
     e.g. the preflight checks: when it raises, the workers are stopped and nothing has run.
     """
@@ -86,6 +88,7 @@ def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: in
     results: dict[str, Outcome] = {}
     remaining = list(packs)
     pieces: set[int] = set()  # packs already split (a piece is not split again)
+    waited: set[str] = set()  # teachers trained elsewhere that we said we wait for
     try:
         if before is not None:
             before()
@@ -99,6 +102,10 @@ def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: in
                         for r in p.runs:
                             results[r.run_id] = Outcome(SKIPPED, f"its teacher {p.after} is {st.status}")
                         progress.skipped(p, f"teacher {p.after} is {st.status}")
+                    elif st.status == RUNNING and p.after not in waited:  # trained by another process
+                        waited.add(p.after)
+                        owner = describe(read_lock(store.run_dir(p.after) / "lock"))
+                        progress.say(f"waiting for teacher {p.after}, trained by {owner}")
             while pool.free() and (p := _first_ready(remaining, here, store)) is not None:
                 i = remaining.index(p)
                 remaining.remove(p)
@@ -149,6 +156,7 @@ class _InProcess(_Pool):
 
             torch.set_num_threads(threads)
         env.on_epoch = lambda cfg, epoch, info: progress.epoch(0, cfg, epoch, info)
+        env.on_step = lambda cfg, epoch, step, steps: progress.step(0, epoch, step, steps)
         self.store, self.env, self.progress, self.pack = store, env, progress, None
 
     def free(self) -> bool:
@@ -226,6 +234,8 @@ class _Processes(_Pool):
             if kind == "epoch":
                 cfg, epoch, info = payload
                 self.progress.epoch(i, cfg, epoch, info)
+            elif kind == "step":
+                self.progress.step(i, *payload)
             elif kind == "done":
                 pack, self.slots[i]["pack"] = self.slots[i]["pack"], None
                 done.append((pack, payload))
@@ -254,6 +264,7 @@ def worker_main(i: int, gpu: str | None, threads: int, spec: EnvSpec, root: str,
     spec = EnvSpec(("cuda" if gpu is not None else spec.device), spec.data_root, spec.pack_mode, spec.cuda_graphs)
     env = _make_env(spec)
     env.on_epoch = lambda cfg, epoch, info: events.put(("epoch", i, (cfg, epoch, _small(info))))
+    env.on_step = lambda cfg, epoch, step, steps: events.put(("step", i, (epoch, step, steps)))
     store = RunStore(root, study)
     while (runs := tasks.get()) is not None:
         events.put(("done", i, _train(Pack(tuple(runs)), store, env)))
@@ -281,16 +292,17 @@ def _train(pack: Pack, store: RunStore, env: Any) -> dict[str, Outcome]:
 
 # =========================================================================== progress
 class Progress:
-    """On a terminal: a bar over all runs and one line per worker (its pack and epoch); else one
-    plain line per epoch, prefixed by the worker when there are several. With ``say`` (a job's
-    log), each epoch is the run log's line."""
+    """On a terminal: a bar over all runs and one line per worker (its pack, epoch and the step
+    inside the epoch); else one plain line per epoch, prefixed by the worker when there are
+    several. With ``say`` (a job's log), each epoch is the run log's line."""
 
     def __init__(self, n_runs: int, workers: int, tty: bool, out: Any,
                  say: Callable[[str], None] | None = None) -> None:
         self.n, self.workers, self.tty, self.out, self.ended = n_runs, workers, tty, out, 0
         self.log = say is not None
-        self.say = say or (lambda line: print(line, file=out, flush=True))
+        self.say = say or (self._write if tty else (lambda line: print(line, file=out, flush=True)))
         self.bars: dict[int, Any] = {}
+        self.posts: dict[int, str] = {}  # each worker's last epoch summary
         self.total = None
         if tty:
             from tqdm import tqdm
@@ -309,13 +321,28 @@ class Progress:
         label = (f"w{slot} " if self.workers > 1 else "") + what
         self.bars[slot] = tqdm(total=cfg.epochs, desc=label, position=slot + 1, leave=False, file=self.out,
                                dynamic_ncols=True)
+        self.posts[slot] = ""
+
+    def _write(self, line: str) -> None:
+        """A line above the bars (a plain print would break them)."""
+        from tqdm import tqdm
+
+        tqdm.write(line, file=self.out)
+
+    def step(self, slot: int, epoch: int, step: int, steps: int) -> None:
+        """Progress inside an epoch (on a terminal only): ``epoch E: step S/N`` on the worker's line."""
+        bar = self.bars.get(slot)
+        if bar is not None:
+            post = self.posts.get(slot, "")
+            bar.set_postfix_str((post + ", " if post else "") + f"epoch {epoch}: step {step}/{steps}")
 
     def epoch(self, slot: int, cfg: RunConfig, epoch: int, info: dict) -> None:
         acc = f" test_acc1 {info['test_acc1']:.2f}" if "test_acc1" in info else ""
         bar = self.bars.get(slot)
         if bar is not None:
             bar.n = epoch
-            bar.set_postfix_str(f"loss {info['train_loss']:.3f}{acc}")
+            self.posts[slot] = f"loss {info['train_loss']:.3f}{acc}"
+            bar.set_postfix_str(self.posts[slot])
         elif self.log:  # a job log: the run log's line, then the worker
             from tstudy.engine import epoch_line
 

@@ -4,7 +4,7 @@ Usage (the training engine's contract)::
 
     m = build("kd", temperature=4.0, teacher_model="resnet56", student_model="resnet20",
               num_classes=100, w_ce=0.1)
-    m.prepare(teacher_train_logits)          # once, before training (ls uses it)
+    m.prepare(teacher_train_logits)          # once, before training, if m.needs_teacher_train_logits() (ls)
     terms = m(z, v, y, epoch=e)               # {name: weighted float32 scalar}; epochs from 1
     loss = sum(terms.values())
     m.diagnostics(); m.constants()

@@ -29,8 +29,9 @@ class Method(MethodSpec, nn.Module):
 
     Class-level API (no tensors; used by config validation before building):
     ``param_names()``, ``needs_teacher(params)``, ``uses_temperature(params)``,
-    ``check_params(params)``. Instance hooks: ``prepare(teacher_train_logits)``,
-    ``diagnostics()`` (returns and resets per-period stats), ``constants()``.
+    ``needs_teacher_train_logits(params)``, ``check_params(params)``. Instance hooks:
+    ``prepare(teacher_train_logits)``, ``diagnostics()`` (returns and resets per-period stats),
+    ``constants()``.
 
     temperature: see each subclass.
     """
@@ -83,7 +84,8 @@ class Method(MethodSpec, nn.Module):
 
     # ------------------------------------------------------------ hooks
     def prepare(self, teacher_train_logits: Tensor) -> None:
-        """Called once before training with the teacher's logits on the training set."""
+        """Called once before training with the teacher's logits on the training set, only for
+        methods whose ``needs_teacher_train_logits(params)`` is true."""
 
     def constants(self) -> dict[str, float]:
         """Resolved hyper-parameters worth recording (e.g. by-pair defaults)."""
@@ -130,7 +132,7 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
         cls.name = name
         if name in BUILTIN:
             spec = BUILTIN.get(name)
-            for attr in ("params", "teacher", "temperature_used"):
+            for attr in ("params", "teacher", "temperature_used", "prepare_reads_train_logits"):
                 setattr(cls, attr, getattr(spec, attr))
             for attr in ("needs_teacher", "uses_temperature", "check_temperature"):
                 for klass in spec.__mro__:
