@@ -17,7 +17,7 @@ from tstudy import RunConfig
 from tstudy.cli import main
 from tstudy.engine import RunEnv, train_run
 from tstudy.results import collect
-from tstudy.store import DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunStore
+from tstudy.store import DIVERGED, DONE, FAILED, INCOMPLETE, NOT_LAUNCHED, RUNNING, RunStore
 from tstudy.study import load_study
 
 VOLATILE = ["wall_time_s", "images_per_s", "host", "git_commit"]
@@ -83,6 +83,51 @@ def test_kill_9_mid_epoch_then_relaunch_matches_uninterrupted(tmp_path):
     pd.testing.assert_frame_equal(metrics(ref, cfg), metrics(killed, cfg))
     m = metrics(killed, cfg)
     assert sorted(zip(m["epoch"], m["split"])) == sorted((e, s) for e in (2, 4, 6, 8) for s in ("train", "test"))
+
+
+@pytest.mark.parametrize("workers, to", [("1", "group"), ("2", "group"), ("2", "parent")])
+def test_ctrl_c_is_one_line_exit_130_and_stops_the_workers(tmp_path, workers, to):
+    """Ctrl-C on a terminal signals the whole process group ("group"); `kill -INT` only the
+    launching process ("parent"): either way one line, exit code 130, every worker gone, and
+    each run interrupted with its checkpoint, not left running."""
+    f = write(tmp_path, SLOW.replace('lr=0.01))', 'lr=0.01), seeds=[0, 1])'))
+    store = RunStore(tmp_path / "root", "slow")
+    runs = load_study(f).runs()
+    proc = subprocess.Popen(tstudy_cmd("launch", str(f), "--root", str(store.root), "--workers", workers,
+                                       "--threads", "1"),
+                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    training = int(workers)  # runs training at once
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        epochs = [store.state(r).epoch for r in runs]
+        if sum(e >= 1 for e in epochs) >= training:
+            break
+        time.sleep(0.05)
+    if to == "group":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert lines[-1] == ("tstudy: interrupted: launch of study 'slow' stopped; launch again to resume "
+                         "(each run restarts from its last checkpoint)"), err
+    assert sum(ln.startswith("tstudy:") for ln in lines) == 1, err
+    for _ in range(100):  # the workers (same process group) are gone
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("worker processes outlived the interrupted launch")
+    for r in runs:
+        state = store.state(r)
+        assert state.status in (INCOMPLETE, NOT_LAUNCHED), state
+        assert not (store.run_dir(r) / "lock").exists()
+    assert any(store.state(r).epoch >= 1 and "interrupted" in store.state(r).reason for r in runs)
 
 
 # --------------------------------------------------------------------------- corrupt artifacts

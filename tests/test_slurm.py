@@ -77,6 +77,7 @@ def test_unknown_option_lists_the_valid_ones():
                                       ({"array_parallelism": True}, "slurm.array_parallelism"),
                                       ({"sbatch": {"array": "0-3"}}, "slurm.sbatch"),
                                       ({"sbatch": {"bad name": 1}}, "slurm.sbatch"),
+                                      ({"sbatch": ["x"]}, "slurm.sbatch"), ({"sbatch": ["exclude=n1"]}, "slurm.sbatch"),
                                       ({"setup": [1]}, "slurm.setup"), ({"partition": ""}, "slurm.partition")])
 def test_bad_values_name_the_field(d, field):
     with pytest.raises(ConfigError, match=re.escape(field)):
@@ -85,12 +86,34 @@ def test_bad_values_name_the_field(d, field):
 
 def test_cli_flags_override_the_study_options():
     args = _parser().parse_args(["launch", "s.py", "--executor", "slurm", "--time", "2:00:00", "--gpus", "2",
-                                 "--sbatch", "exclude=n1", "--sbatch", "requeue", "--setup", "module load x",
+                                 "--sbatch", "exclude=n1", "--sbatch", "requeue=", "--setup", "module load x",
                                  "--pack", "4", "--array-parallelism", "16"])
     study = {"slurm": {"partition": "gpu", "time": 30, "sbatch": {"exclude": "n0", "comment": "kd"}, "setup": ["a"]}}
     o = options_for(study, args, "slurm")
     assert (o.partition, o.time, o.gpus_per_job, o.pack, o.array_parallelism) == ("gpu", 120, 2, 4, 16)
     assert o.sbatch == {"exclude": "n1", "comment": "kd", "requeue": True} and o.setup == ("module load x",)
+
+
+@pytest.mark.parametrize("item", ["foo", "=node3", ""])
+def test_sbatch_flag_without_key_value_is_one_line(tmp_path, capsys, item):
+    f = tmp_path / "s.py"
+    f.write_text(STUDY.format(epochs=1, t_epochs=1, options="{}"))
+    root = tmp_path / "r"
+    assert main(["launch", str(f), "--root", str(root), "--executor", "slurm", "--sbatch", item, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tstudy: error: --sbatch: expected KEY=VALUE (KEY= for a flag") and "\n" not in err, err
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("value", ['["x"]', '["exclude=n1"]', '"exclude=n1"'])
+def test_sbatch_in_a_study_file_must_be_a_dict(tmp_path, capsys, value):
+    f = tmp_path / "s.py"
+    f.write_text(STUDY.format(epochs=1, t_epochs=1, options='{"slurm": {"sbatch": %s}}' % value))
+    root = tmp_path / "r"
+    assert main(["launch", str(f), "--root", str(root), "--executor", "slurm", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "slurm.sbatch: expected a dict of sbatch options" in err and "\n" not in err, err
+    assert not root.exists()
 
 
 def test_slurm_flags_are_refused_by_the_local_executor(tmp_path, capsys):
@@ -268,6 +291,48 @@ def test_dry_run_needs_no_cluster(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 to submit as 3 SLURM jobs in 2 arrays" in out and "after teacher" in out
     assert not (tmp_path / "r").exists()
+
+
+FAKE_SBATCH = """#!/bin/sh
+n=$(cat "{count}" 2>/dev/null || echo 0); echo $((n + 1)) > "{count}"
+if [ "$n" -lt {succeed} ]; then echo "Submitted batch job $((4711 + n))"; exit 0; fi
+echo "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)" >&2
+exit 1
+"""
+
+
+@pytest.mark.parametrize("succeed", [0, 1])
+def test_failed_sbatch_is_one_line_and_leaves_nothing_behind(tmp_path, capsys, monkeypatch, succeed):
+    """No reachable controller: sbatch fails. One line with sbatch's message; the files submitit
+    wrote for the failed array are removed (an array submitted before it keeps its own)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH.format(count=tmp_path / "count", succeed=succeed)),
+                       ("srun", "#!/bin/sh\nexit 0\n"), ("squeue", "#!/bin/sh\nexit 0\n"),
+                       ("scontrol", "#!/bin/sh\nexit 1\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    f = tmp_path / "s.py"
+    f.write_text(STUDY.format(epochs=1, t_epochs=1, options="{}"))
+    root = tmp_path / "r"
+    assert main(["launch", str(f), "--root", str(root), "--executor", "slurm", "--pack", "2"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("tstudy: error: --executor slurm: submitting failed: sbatch: error: Batch job submission "
+                          "failed: Unable to contact slurm controller (connect failure)") and "\n" not in err, err
+    logs = root / "slurmtest" / "slurm"
+    records = sorted(p.parent.name for p in (root / "runs").glob("*/slurm.json"))
+    if succeed == 0:
+        assert err.endswith("(nothing submitted)") and not logs.exists() and not records
+        assert not list(root.rglob("*.pkl")) and not list(root.rglob(".submission_file_*"))
+    else:  # the first array (the teacher and the ce pack) was submitted; the students' array failed
+        assert "submitted array 4711 (2 jobs, 2 runs)" in captured.out
+        assert "(1 array above submitted; launching again submits the rest)" in err
+        files = sorted(p.name for p in logs.iterdir() if not p.is_symlink())  # submitit links the script
+        assert files == ["4711_0_submitted.pkl", "4711_1_submitted.pkl", "4711_submission.sh"]
+        assert all(p.resolve().exists() for p in logs.iterdir())
+        assert len(records) == 2
 
 
 # =========================================================================== on a real cluster

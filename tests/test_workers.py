@@ -85,7 +85,7 @@ def test_bad_worker_counts_are_one_line(tmp_path, capsys):
     f = tmp_path / "s.py"
     f.write_text(STUDY)
     assert main(["launch", str(f), "--root", str(tmp_path / "r"), "--workers", "0"]) == 2
-    assert "local.workers: expected an integer >= 1, got 0" in capsys.readouterr().err
+    assert "--workers: expected an integer >= 1, got 0" in capsys.readouterr().err
     assert main(["launch", str(f), "--root", str(tmp_path / "r"), "--packs-per-job", "2"]) == 2
     assert "--packs-per-job: only with --executor slurm" in capsys.readouterr().err
     assert main(["launch", str(f), "--root", str(tmp_path / "r"), "--executor", "slurm", "--workers", "2",

@@ -13,7 +13,7 @@ from tstudy.executors.options import add_cli_flags, options_for
 from tstudy.lock import describe, is_stale, on_this_host, remove_if_unchanged
 from tstudy.migrate import legacy_studies, migrate
 from tstudy.store import FAILED, INCOMPLETE, RunStore
-from tstudy.study import Study, load_study, parse_sets, run_warnings
+from tstudy.study import Study, load_study, parse_seeds, parse_sets, run_warnings
 
 EXECUTORS = ("local", "slurm")
 MAX_TABLE = 200
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--root", default="results", help="where studies live (default: results/)")
         c.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                        help="override a base field (replaces its axis); teacher.FIELD=VALUE for the teacher")
-        c.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="override the seeds: 0,1,2")
+        c.add_argument("--seeds", metavar="0,1,2", help="override the seeds: integers >= 0, comma-separated")
         return c
 
     cmd("plan", "print the runs and their state").add_argument("--all", action="store_true", help="list every run")
@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--executor", default="local", choices=EXECUTORS)
     c.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
     c.add_argument("--data-root", default=None, help="where datasets are (else $TSTUDY_DATA, ./data)")
-    c.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    c.add_argument("--dry-run", action="store_true",
+                   help="make the checks of a launch (device, data, weights files), print what would run, write nothing")
     c.add_argument("--pack-mode", default="auto", choices=("auto", "sequential", "network"),
                    help="packed runs: one network (default on GPUs) or one after another (default on CPUs)")
     c.add_argument("--cuda-graphs", default="auto", choices=("auto", "off"),
@@ -57,18 +58,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _seeds_value_joined(argv: Sequence[str]) -> list[str]:
+    """``--seeds -1,2`` -> ``--seeds=-1,2``: argparse would take ``-1,2`` for an option and answer
+    "expected one argument"; joined, ``parse_seeds`` names the accepted forms."""
+    out = list(argv)
+    for i in range(len(out) - 1):
+        if out[i] == "--seeds" and out[i + 1].startswith("-") and not out[i + 1].startswith("--"):
+            out[i:i + 2] = [f"--seeds={out[i + 1]}"]
+            break
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_seeds_value_joined(sys.argv[1:] if argv is None else argv))
+    study = None
     try:
         if args.command == "migrate":
             report = migrate(args.root)
             print(report.summary(args.root) if report.studies else f"{args.root}: nothing to migrate")
             return 0
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
         study = load_study(args.study)
         if args.sets:
             study = study.override(parse_sets(args.sets))
-        if args.seeds:
-            study = Study(**{**study.__dict__, "seeds": args.seeds})
+        if seeds is not None:
+            study = Study(**{**study.__dict__, "seeds": seeds})
         store = RunStore(args.root, study.name)
         if legacy_studies(args.root):  # a root written before the shared run store: once, on first use
             migrate(args.root, say=lambda line: print(f"tstudy: {line}", file=sys.stderr))
@@ -76,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tstudy: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every run keeps its last checkpoint
+        what = f"{args.command} of study {study.name!r}" if study is not None else args.command
+        print(f"tstudy: interrupted: {what} stopped"
+              + ("; launch again to resume (each run restarts from its last checkpoint)"
+                 if args.command == "launch" else ""), file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `tstudy plan ... | head`
         sys.stderr.close()
         return 0
@@ -90,7 +110,7 @@ def cmd_plan(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     counts = collections.Counter(s.status for s in states.values())
     n_t = sum(r.run_id in teacher_ids for r in runs)
     _warn(runs)
-    print(f"study {study.name}: {len(runs)} runs ({n_t} teacher{'s' if n_t != 1 else ''}, {len(runs) - n_t} students) "
+    print(f"study {study.name}: {_n(len(runs), 'run')} ({_n(n_t, 'teacher')}, {_n(len(runs) - n_t, 'student')}) "
           f"under {store.study_dir}  [expanded in {time.perf_counter() - t0:.2f} s]")
     print("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     _note_finished_elsewhere(store, runs, args)
@@ -133,6 +153,11 @@ def _note_finished_elsewhere(store: RunStore, runs: Sequence, args: argparse.Nam
               f"their ids are in {store.study_dir / 'study.json'}")
 
 
+def _n(count: int, word: str) -> str:
+    """``1 run``, ``2 runs``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def _short(v: object) -> str:
     from tstudy.config import RunConfig, TeacherFile
 
@@ -151,21 +176,23 @@ def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
 
         _warn(study.runs())
         return slurm.launch(study, store, args)
-    from tstudy.engine import RunEnv, resolve_device
+    from tstudy.engine import RunEnv
     from tstudy.executors.local import local_plan, run_local
     from tstudy.executors.workers import default_workers
-    from tstudy.preflight import preflight
+    from tstudy.preflight import check_device, preflight
 
     opts = options_for(study.options, args, "local")
+    device = check_device(args.device)
     runs = study.runs()
     plan = local_plan(runs, store, opts.pack)
-    device = resolve_device(args.device)
     workers = min(opts.workers or default_workers(device), max(1, len(plan.packs)))
     threads = opts.threads or (opts.worker_threads(workers) if workers > 1 else None)
     todo = plan.todo
     _warn(todo)
-    print(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} done or running, {len(todo)} to launch"
-          + (f" in {len(plan.packs)} packs" if opts.pack > 1 else "")
+    if args.dry_run:
+        preflight(study, store, todo, args.data_root, dry_run=True)
+    print(f"study {study.name}: {_n(len(runs), 'run')}, {len(runs) - len(todo)} done or running, {len(todo)} to launch"
+          + (f" in {_n(len(plan.packs), 'pack')}" if opts.pack > 1 else "")
           + (f", {workers} workers" + (f" x {threads} threads" if device == "cpu" else "") if workers > 1 else ""))
     if args.dry_run:
         for p in plan.packs:
@@ -202,8 +229,8 @@ def cmd_collect(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     for line in skipped:
         print(f"  left out {line}")
     path = write_results(df, store)
-    print(f"{path}: {len(df)} rows from {df['run_id'].nunique() if len(df) else 0} runs"
-          + (f" ({len(skipped)} runs left out)" if skipped else ""))
+    print(f"{path}: {_n(len(df), 'row')} from {_n(df['run_id'].nunique() if len(df) else 0, 'run')}"
+          + (f" ({_n(len(skipped), 'run')} left out)" if skipped else ""))
     _note_finished_elsewhere(store, study.runs(), args)
     return 0
 

@@ -1,9 +1,11 @@
-"""Checks made before anything is launched: the root is writable, the study name is ours, the
-data of every pending run can be loaded. Each failure is one ConfigError line."""
+"""Checks made before anything is launched: the device exists, the root is writable, the study
+name is ours, the data of every pending run can be loaded. Each failure is one ConfigError line.
+``launch --dry-run`` makes the same checks but writes nothing."""
 from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -14,6 +16,32 @@ from tstudy.store import RunStore
 if TYPE_CHECKING:
     from tstudy.engine import RunEnv
     from tstudy.study import Study
+
+
+DEVICES = "cpu, cuda, cuda:N or auto"
+
+
+def check_device(device: str, here: bool = True) -> str:
+    """``--device`` resolved (``auto``: cuda when this machine has a GPU, else cpu). A name tstudy
+    does not train on, or (``here``: the runs train on this machine) a GPU this machine does not
+    have, is one line."""
+    m = re.fullmatch(r"cpu|auto|cuda(?::([0-9]+))?", device)
+    if m is None:
+        raise ConfigError(f"--device: expected {DEVICES}, got {device!r}")
+    if not here or device == "cpu":
+        return device
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "auto":
+        return "cuda" if n else "cpu"
+    if n == 0:
+        raise ConfigError(f"--device: {device!r} needs a CUDA GPU, and torch {torch.__version__} sees none on this "
+                          "machine; use --device cpu (or auto)")
+    if m.group(1) is not None and int(m.group(1)) >= n:
+        raise ConfigError(f"--device: {device!r}, but this machine has {n} visible GPU{'s' if n > 1 else ''}: "
+                          + ", ".join(f"cuda:{i}" for i in range(n)))
+    return device
 
 
 def check_root_writable(store: RunStore) -> None:
@@ -98,13 +126,16 @@ def check_weights(runs: Sequence[RunConfig]) -> None:
 
 
 def preflight(study: "Study", store: RunStore, todo: Sequence[RunConfig], data_root: str | None,
-              env: "RunEnv | None" = None, load_data: bool = True) -> None:
-    """Everything that can be checked before a run starts; raises ConfigError on the first problem."""
+              env: "RunEnv | None" = None, load_data: bool = True, dry_run: bool = False) -> None:
+    """Everything that can be checked before a run starts; raises ConfigError on the first problem.
+    ``dry_run``: the same checks, but nothing is written (the root's writability is not probed)."""
     if data_root is not None and not Path(data_root).is_dir():
         raise ConfigError(f"--data-root: {data_root!r} is not a directory")
     store.claim_check(study.source)
     check_weights(todo)
     if load_data:
         check_data(todo, data_root, env)
+    if dry_run:
+        return
     check_root_writable(store)
     store.claim(study.source, (r.run_id for r in study.runs()))

@@ -288,9 +288,26 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+SEEDS_FORMS = "integers >= 0 separated by commas, such as 0,1,2 (no ranges)"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; anything else (ranges, negatives, duplicates, empty) is one
+    ``--seeds`` line."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(re.fullmatch(r"[0-9]+", p) for p in parts):
+        raise ConfigError(f"--seeds: expected {SEEDS_FORMS}, got {text!r}")
+    seeds = [int(p) for p in parts]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: expected distinct {SEEDS_FORMS}, got {text!r}")
+    return seeds
+
+
 def load_study(path: str | Path) -> Study:
     """Execute a study file and return its ``study``; errors name the file and the problem."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"study file: {str(path)!r} is a directory; give the study's .py file")
     if not path.is_file():
         raise ConfigError(f"study file: {str(path)!r} does not exist")
     source = path.read_text()

@@ -187,10 +187,9 @@ def _check_mem(name: str, v: Any) -> str | None:
 
 
 def _check_sbatch(name: str, v: Any) -> dict[str, Any]:
-    if isinstance(v, (list, tuple)):
-        v = parse_key_values(v, f"slurm.{name}")
     if not isinstance(v, Mapping):
-        raise ConfigError(f"slurm.{name}: expected a dict of sbatch options, got {v!r}")
+        raise ConfigError(f"slurm.{name}: expected a dict of sbatch options such as "
+                          f"{{'exclude': 'node3', 'requeue': True}}, got {v!r}")
     out: dict[str, Any] = {}
     for k, x in v.items():
         key = str(k).strip().lstrip("-").replace("_", "-")
@@ -223,13 +222,14 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
 
 
 def parse_key_values(items: Sequence[str], where: str) -> dict[str, Any]:
-    """``["exclude=node3", "requeue"]`` -> ``{"exclude": "node3", "requeue": True}``."""
+    """``["exclude=node3", "requeue="]`` -> ``{"exclude": "node3", "requeue": True}``: an empty
+    value is a flag; anything without ``=`` is refused."""
     out: dict[str, Any] = {}
     for item in items:
-        if not isinstance(item, str) or not item.strip():
-            raise ConfigError(f"{where}: expected KEY=VALUE, got {item!r}")
-        key, sep, value = item.partition("=")
-        out[key.strip()] = value if sep else True
+        key, sep, value = item.partition("=") if isinstance(item, str) else ("", "", "")
+        if not sep or not key.strip():
+            raise ConfigError(f"{where}: expected KEY=VALUE (KEY= for a flag, e.g. requeue=), got {item!r}")
+        out[key.strip()] = value if value else True
     return out
 
 
@@ -263,7 +263,8 @@ def add_cli_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus", type=int, metavar="N", help="CPUs per job (torch uses that many threads)")
     g.add_argument("--mem", metavar="SIZE", help="memory per job, e.g. 16G")
     g.add_argument("--constraint")
-    g.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="extra sbatch option (repeatable)")
+    g.add_argument("--sbatch", action="append", metavar="KEY=VALUE",
+                   help="extra sbatch option; KEY= for a flag (repeatable)")
     g.add_argument("--setup", action="append", metavar="LINE", help="shell line run before the job (repeatable)")
     g.add_argument("--array-parallelism", type=int, metavar="N", help="at most N tasks of an array at once")
     g.add_argument("--packs-per-job", type=int, metavar="N", help="packs one job trains at once (default: --gpus)")
@@ -285,12 +286,21 @@ def cli_overrides(args: argparse.Namespace, executor: str = "slurm") -> dict[str
 
 def options_for(study_options: Mapping[str, Any], args: argparse.Namespace, executor: str = "slurm"):
     """The typed options of ``executor``: the study's, overridden by the command line; flags
-    of another executor are an error, not silently ignored."""
+    of another executor are an error, not silently ignored. A bad flag value names the flag."""
     for other, flags in FLAGS.items():
         for dest in flags:
             if other != executor and dest not in FLAGS[executor] and getattr(args, dest, None) not in (None, []):
                 raise ConfigError(f"{_flag(dest)}: only with --executor {other}")
-    return CLASSES[executor].from_mapping(study_options.get(executor)).merged(cli_overrides(args, executor))
+    opts = CLASSES[executor].from_mapping(study_options.get(executor))
+    flag_of = {name: _flag(dest) for dest, name in FLAGS[executor].items()}
+    for name, value in cli_overrides(args, executor).items():
+        try:
+            opts = opts.merged({name: value})
+        except ConfigError as e:  # "local.pack: ..." -> "--pack: ..."
+            msg, prefix = str(e), f"{executor}.{name}: "
+            raise ConfigError(flag_of[name] + ": " + msg.removeprefix(prefix) if msg.startswith(prefix) else msg
+                              ) from None
+    return opts
 
 
 def check_options(options: Any) -> None:

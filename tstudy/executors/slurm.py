@@ -16,8 +16,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import getpass
+import io
 import json
 import os
 import re
@@ -29,7 +31,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from tstudy import atomic
 from tstudy.config import RunConfig
@@ -348,17 +350,31 @@ def submit(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, liv
     """Submit the arrays in order; record each job in its runs' directories. Returns {run id: job id}."""
     out = out or sys.stdout
     folder = log_dir(store, opts)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _submit_arrays(arrays, store, opts, live, device, data_root, out, pack_mode, cuda_graphs, folder)
+    except BaseException:
+        if created:  # nothing left behind by a submission that failed at once
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        raise
+
+
+def _submit_arrays(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, live: Mapping[str, str],
+                   device: str, data_root: str | None, out: Any, pack_mode: str, cuda_graphs: str,
+                   folder: Path) -> dict[str, str]:
     job_of = dict(live)
     root = str(store.root.resolve())
     data_root = str(Path(data_root).resolve()) if data_root else None
-    for array in arrays:
+    for n_done, array in enumerate(arrays):
         dep = f"afterok:{job_of[array.after]}" if array.after else None
         ex = make_executor(folder, opts, store.study, dep)
-        with ex.batch():
-            jobs = [ex.submit(TrainJob([p.runs for p in packs], root, store.study, device, data_root, pack_mode,
-                                       cuda_graphs, workers=min(opts.job_packs, len(packs))))
-                    for packs in array.jobs]
+        with _sbatch_failure(folder, n_done):
+            with ex.batch():
+                jobs = [ex.submit(TrainJob([p.runs for p in packs], root, store.study, device, data_root, pack_mode,
+                                           cuda_graphs, workers=min(opts.job_packs, len(packs))))
+                        for packs in array.jobs]
         for job, packs in zip(jobs, array.jobs):
             runs = [r for p in packs for r in p.runs]
             for r in runs:
@@ -370,6 +386,37 @@ def submit(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, liv
     return job_of
 
 
+# what submitit writes before sbatch has answered: the pickled jobs, the sbatch script
+_SUBMISSION_FILE = re.compile(r"[0-9a-f]{32}\.pkl|\.submission_file_[0-9a-f]{32}\.sh")
+
+
+@contextlib.contextmanager
+def _sbatch_failure(folder: Path, submitted: int) -> Iterator[None]:
+    """Around one array's submission: when it fails (or is interrupted), remove the files
+    submitit wrote for it; a failed ``sbatch`` becomes one line with sbatch's own message
+    (which submitit prints to stderr itself: captured here and folded into that line)."""
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    before = set(os.listdir(folder))
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    except BaseException as e:
+        for name in set(os.listdir(folder)) - before:
+            if _SUBMISSION_FILE.fullmatch(name):
+                (folder / name).unlink(missing_ok=True)
+        if not isinstance(e, (FailedJobError, FailedSubmissionError, OSError)):
+            sys.stderr.write(captured.getvalue())
+            raise
+        lines = [ln.strip() for ln in f"{e}\n{captured.getvalue()}".splitlines() if ln.strip()]
+        why = "; ".join(dict.fromkeys(lines))[:500] or type(e).__name__
+        raise ConfigError(f"--executor slurm: submitting failed: {why}"
+                          + (f" ({_n(submitted, 'array')} above submitted; launching again submits the rest)"
+                             if submitted else " (nothing submitted)")) from None
+    sys.stderr.write(captured.getvalue())
+
+
 def log_dir(store: RunStore, opts: SlurmOptions) -> Path:
     return Path(opts.log_dir).expanduser().resolve() if opts.log_dir else (store.study_dir / LOG_DIR).resolve()
 
@@ -377,9 +424,10 @@ def log_dir(store: RunStore, opts: SlurmOptions) -> Path:
 def launch(study: Any, store: RunStore, args: argparse.Namespace, out=None) -> int:
     """``tstudy launch --executor slurm``: submit what is missing, print job ids, return."""
     out = out or sys.stdout
-    from tstudy.preflight import preflight
+    from tstudy.preflight import check_device, preflight
 
     opts = options_for(study.options, args, "slurm")
+    check_device(args.device, here=False)  # the jobs' nodes have their own GPUs
     queue = read_queue()
     runs = study.runs()
     plan, live = slurm_plan(runs, store, queue, opts.pack)
@@ -394,6 +442,7 @@ def launch(study: Any, store: RunStore, args: argparse.Namespace, out=None) -> i
     for rid, why in plan.blocked:
         print(f"  {rid}: not submitted, {why}", file=out)
     if args.dry_run:
+        preflight(study, store, plan.todo, args.data_root, dry_run=True)
         print_plan(arrays, live, opts, study.name, out)
         return 0
     if not arrays:

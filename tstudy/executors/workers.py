@@ -8,10 +8,13 @@ local executor and, inside one SLURM job holding several GPUs, by the SLURM exec
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -81,6 +84,8 @@ def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: in
     worker only). ``before``: called once the
     worker processes are starting (they import torch meanwhile) and before any pack is sent,
     e.g. the preflight checks: when it raises, the workers are stopped and nothing has run.
+    On Ctrl-C (KeyboardInterrupt) the worker processes are stopped at once, each run keeping its
+    last checkpoint, and the interrupt goes on to the caller.
     """
     progress = progress or Progress(sum(len(p.runs) for p in packs), workers, tty=False, out=sys.stderr)
     pool: _Pool = _InProcess(store, spec, threads, progress, env) if workers == 1 else \
@@ -121,6 +126,9 @@ def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: in
             for pack, outcomes in pool.wait():
                 results.update(outcomes)
                 progress.finished(pack, outcomes, store)
+    except KeyboardInterrupt:
+        pool.stop()
+        raise
     finally:
         pool.close()
         progress.close()
@@ -142,6 +150,9 @@ class _Pool:
     def start(self, pack: Pack) -> None: ...
     def wait(self) -> list[tuple[Pack, dict[str, Outcome]]]: ...
     def close(self) -> None: ...
+
+    def stop(self) -> None:
+        """Interrupted: stop training now (this process's own training stops by the interrupt)."""
 
 
 class _InProcess(_Pool):
@@ -200,7 +211,8 @@ class _Processes(_Pool):
         proc = self.ctx.Process(target=worker_main, name=f"tstudy-worker-{i}", daemon=True,
                                 args=(i, self.gpus[i], self.threads, self.spec, str(self.store.root),
                                       self.store.study, tasks, self.events))
-        proc.start()
+        with _sigint_ignored():  # a terminal's Ctrl-C reaches the workers too: this process stops them
+            proc.start()
         self.slots[i].update(proc=proc, tasks=tasks, pack=None)
 
     def free(self) -> bool:
@@ -252,22 +264,60 @@ class _Processes(_Pool):
                 s["proc"].terminate()
                 s["proc"].join()
 
+    def stop(self) -> None:
+        """Interrupted: stop every worker now. SIGTERM is a KeyboardInterrupt in a worker: the
+        engine marks its runs interrupted (their checkpoints kept) and releases their locks."""
+        for s in self.slots:
+            s["tasks"].cancel_join_thread()
+            if s["proc"].is_alive():
+                s["proc"].terminate()
+        deadline = time.monotonic() + 30
+        for s in self.slots:
+            s["proc"].join(timeout=max(0.1, deadline - time.monotonic()))
+            if s["proc"].is_alive():
+                s["proc"].kill()
+                s["proc"].join()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored in this process while inside, and so in the processes started inside
+    (an ignored signal stays ignored across exec, and Python then installs no handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
 
 def worker_main(i: int, gpu: str | None, threads: int, spec: EnvSpec, root: str, study: str,
                 tasks: Any, events: Any) -> None:
-    """A worker process: pin the GPU and threads, then train each pack it is sent until None."""
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    import torch
+    """A worker process: pin the GPU and threads, then train each pack it is sent until None.
+    It ignores SIGINT (the launching process decides) and stops quietly on SIGTERM."""
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        import torch
 
-    torch.set_num_threads(threads)
-    spec = EnvSpec(("cuda" if gpu is not None else spec.device), spec.data_root, spec.pack_mode, spec.cuda_graphs)
-    env = _make_env(spec)
-    env.on_epoch = lambda cfg, epoch, info: events.put(("epoch", i, (cfg, epoch, _small(info))))
-    env.on_step = lambda cfg, epoch, step, steps: events.put(("step", i, (epoch, step, steps)))
-    store = RunStore(root, study)
-    while (runs := tasks.get()) is not None:
-        events.put(("done", i, _train(Pack(tuple(runs)), store, env)))
+        torch.set_num_threads(threads)
+        spec = EnvSpec(("cuda" if gpu is not None else spec.device), spec.data_root, spec.pack_mode,
+                       spec.cuda_graphs)
+        env = _make_env(spec)
+        env.on_epoch = lambda cfg, epoch, info: events.put(("epoch", i, (cfg, epoch, _small(info))))
+        env.on_step = lambda cfg, epoch, step, steps: events.put(("step", i, (epoch, step, steps)))
+        store = RunStore(root, study)
+        while (runs := tasks.get()) is not None:
+            events.put(("done", i, _train(Pack(tuple(runs)), store, env)))
+    except KeyboardInterrupt:  # stopped by the launching process: the runs keep their checkpoints
+        events.cancel_join_thread()
 
 
 def _small(info: dict) -> dict:
