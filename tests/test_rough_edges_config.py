@@ -202,7 +202,7 @@ def test_set_dataset_on_a_teacher_file_study_plans(tmp_path, capsys, teacher_fil
                                                  teacher=TeacherFile("mlp_l", {teacher_file.weights.path!r})))
     """))
     assert main(["plan", str(f), "--root", str(tmp_path / "root"), "--set", "dataset=tinyimagenet"]) == 0
-    assert "1 runs (0 teachers, 1 students)" in capsys.readouterr().out
+    assert "1 run (0 teachers, 1 student)" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- 15: --set method=ce
@@ -231,6 +231,6 @@ def test_cli_set_method_ce(tmp_path, capsys):
     f = _study(tmp_path, '"temperature": [1, 4]')
     assert main(["plan", str(f), "--root", str(tmp_path / "root"), "--set", "method=ce"]) == 0
     out = capsys.readouterr().out
-    assert "1 runs (0 teachers, 1 students)" in out
+    assert "1 run (0 teachers, 1 student)" in out
     study = load_study(f).override({"method": "ce"})
     assert [r.teacher for r in study.runs()] == [None]
