@@ -28,13 +28,10 @@ from tstudy import atomic
 from tstudy.results import RESULTS
 from tstudy.store import DIVERGED, RunStore
 from tstudy.study import Study
+from tstudy.text import counted
 
 DEFAULT_TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # Fig. 4 / entropy table when no student uses T
 
-
-def _n(count: int, word: str) -> str:
-    """``1 teacher``, ``2 teachers``."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _what_was_run(study: Study, store: RunStore, df: pd.DataFrame) -> str:
@@ -43,8 +40,8 @@ def _what_was_run(study: Study, store: RunStore, df: pd.DataFrame) -> str:
     n_teachers = int((runs["role"] == "teacher").sum()) if len(runs) else 0
     status = runs["status"].value_counts().to_dict() if len(runs) else {}
     temps = sorted(students["temperature"].dropna().unique()) if len(students) else []
-    line = (f"{_n(len(runs), 'run')} in the table ({_n(n_teachers, 'teacher')}, "
-            f"{_n(len(runs) - n_teachers, 'student')}); "
+    line = (f"{counted(len(runs), 'run')} in the table ({counted(n_teachers, 'teacher')}, "
+            f"{counted(len(runs) - n_teachers, 'student')}); "
             f"status: {status}. "
             f"Methods: {', '.join(sorted(students['method_label'].unique())) if len(students) else '-'}; "
             f"temperatures: {', '.join(f'{t:g}' for t in temps) or '-'}; "
@@ -59,7 +56,7 @@ def _what_was_run(study: Study, store: RunStore, df: pd.DataFrame) -> str:
         missing = [(r.run_id, store.state(r)) for r in planned if r.run_id not in in_table]
     except Exception as e:  # noqa: BLE001 - the report is still useful without this line
         return line + f"\n\n(could not compare with the study's plan: {type(e).__name__}: {e})\n"
-    line += f"\n\nThe study plans {_n(len(planned), 'run')}."
+    line += f"\n\nThe study plans {counted(len(planned), 'run')}."
     if missing:
         counts = collections.Counter(s.status for _, s in missing)
         line += (" Not in the table (not shown in any figure): "
@@ -71,7 +68,7 @@ def _what_was_run(study: Study, store: RunStore, df: pd.DataFrame) -> str:
             line += f"\n- ... and {len(bad) - 20} more"
     n_div = int((runs["status"] == DIVERGED).sum()) if len(runs) else 0
     if n_div:
-        line += (f"\n\n{_n(n_div, 'diverged run')} {'is' if n_div == 1 else 'are'} marked with red crosses in the "
+        line += (f"\n\n{counted(n_div, 'diverged run')} {'is' if n_div == 1 else 'are'} marked with red crosses in the "
                  "figures (not in the means).")
     return line + "\n"
 

@@ -9,6 +9,7 @@ import time
 from typing import Sequence
 
 from tstudy.errors import ConfigError
+from tstudy.text import counted
 from tstudy.executors.options import add_cli_flags, options_for
 from tstudy.lock import describe, is_stale, on_this_host, remove_if_unchanged
 from tstudy.migrate import legacy_studies, migrate
@@ -110,7 +111,7 @@ def cmd_plan(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     counts = collections.Counter(s.status for s in states.values())
     n_t = sum(r.run_id in teacher_ids for r in runs)
     _warn(runs)
-    print(f"study {study.name}: {_n(len(runs), 'run')} ({_n(n_t, 'teacher')}, {_n(len(runs) - n_t, 'student')}) "
+    print(f"study {study.name}: {counted(len(runs), 'run')} ({counted(n_t, 'teacher')}, {counted(len(runs) - n_t, 'student')}) "
           f"under {store.study_dir}  [expanded in {time.perf_counter() - t0:.2f} s]")
     print("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     _note_finished_elsewhere(store, runs, args)
@@ -153,10 +154,6 @@ def _note_finished_elsewhere(store: RunStore, runs: Sequence, args: argparse.Nam
               f"their ids are in {store.study_dir / 'study.json'}")
 
 
-def _n(count: int, word: str) -> str:
-    """``1 run``, ``2 runs``."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
 
 def _short(v: object) -> str:
     from tstudy.config import RunConfig, TeacherFile
@@ -191,8 +188,8 @@ def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     _warn(todo)
     if args.dry_run:
         preflight(study, store, todo, args.data_root, dry_run=True)
-    print(f"study {study.name}: {_n(len(runs), 'run')}, {len(runs) - len(todo)} done or running, {len(todo)} to launch"
-          + (f" in {_n(len(plan.packs), 'pack')}" if opts.pack > 1 else "")
+    print(f"study {study.name}: {counted(len(runs), 'run')}, {len(runs) - len(todo)} done or running, {len(todo)} to launch"
+          + (f" in {counted(len(plan.packs), 'pack')}" if opts.pack > 1 else "")
           + (f", {workers} workers" + (f" x {threads} threads" if device == "cpu" else "") if workers > 1 else ""))
     if args.dry_run:
         for p in plan.packs:
@@ -229,8 +226,8 @@ def cmd_collect(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     for line in skipped:
         print(f"  left out {line}")
     path = write_results(df, store)
-    print(f"{path}: {_n(len(df), 'row')} from {_n(df['run_id'].nunique() if len(df) else 0, 'run')}"
-          + (f" ({_n(len(skipped), 'run')} left out)" if skipped else ""))
+    print(f"{path}: {counted(len(df), 'row')} from {counted(df['run_id'].nunique() if len(df) else 0, 'run')}"
+          + (f" ({counted(len(skipped), 'run')} left out)" if skipped else ""))
     _note_finished_elsewhere(store, study.runs(), args)
     return 0
 

@@ -36,6 +36,7 @@ from typing import Any, Iterator, Sequence
 from tstudy import atomic
 from tstudy.config import RunConfig
 from tstudy.errors import ConfigError
+from tstudy.text import counted
 from tstudy.executors.options import SlurmOptions, options_for
 from tstudy.lock import read_lock
 from tstudy.planning import Pack, Plan, make_plan, states_with_teachers
@@ -381,8 +382,8 @@ def _submit_arrays(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOpti
                 write_record(store.run_dir(r), job, runs, dep)
                 job_of[r.run_id] = str(job.job_id)
         first = str(jobs[0].job_id).partition("_")[0]
-        print(f"  submitted {'array' if len(jobs) > 1 else 'job'} {first} ({_n(len(jobs), 'job')}, "
-              f"{_n(array.n_runs, 'run')})" + (f" after {dep.split(':', 1)[1]}" if dep else ""), file=out)
+        print(f"  submitted {'array' if len(jobs) > 1 else 'job'} {first} ({counted(len(jobs), 'job')}, "
+              f"{counted(array.n_runs, 'run')})" + (f" after {dep.split(':', 1)[1]}" if dep else ""), file=out)
     return job_of
 
 
@@ -412,7 +413,7 @@ def _sbatch_failure(folder: Path, submitted: int) -> Iterator[None]:
         lines = [ln.strip() for ln in f"{e}\n{captured.getvalue()}".splitlines() if ln.strip()]
         why = "; ".join(dict.fromkeys(lines))[:500] or type(e).__name__
         raise ConfigError(f"--executor slurm: submitting failed: {why}"
-                          + (f" ({_n(submitted, 'array')} above submitted; launching again submits the rest)"
+                          + (f" ({counted(submitted, 'array')} above submitted; launching again submits the rest)"
                              if submitted else " (nothing submitted)")) from None
     sys.stderr.write(captured.getvalue())
 
@@ -435,8 +436,8 @@ def launch(study: Any, store: RunStore, args: argparse.Namespace, out=None) -> i
     arrays = plan_arrays(plan, opts.job_packs, max_array)
     n_jobs = sum(len(a.jobs) for a in arrays)
     n_live = sum(r.run_id in live for r in runs)
-    print(f"study {study.name}: {_n(len(runs), 'run')}, {len(plan.todo)} to submit as {_n(n_jobs, 'SLURM job')} in "
-          f"{_n(len(arrays), 'array')}, {n_live} already queued or running"
+    print(f"study {study.name}: {counted(len(runs), 'run')}, {len(plan.todo)} to submit as {counted(n_jobs, 'SLURM job')} in "
+          f"{counted(len(arrays), 'array')}, {n_live} already queued or running"
           + (f" (pack {opts.pack})" if opts.pack > 1 else "")
           + (f" ({opts.job_packs} packs per job)" if opts.job_packs > 1 else ""), file=out)
     for rid, why in plan.blocked:
@@ -457,16 +458,13 @@ def launch(study: Any, store: RunStore, args: argparse.Namespace, out=None) -> i
     return 0
 
 
-def _n(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
 
 def print_plan(arrays: Sequence[ArrayPlan], live: Mapping[str, str], opts: SlurmOptions, study: str, out,
                per_array: int = 5) -> None:
     """The arrays ``launch`` would submit (the first ``per_array`` jobs of each) and the sbatch options."""
     for i, a in enumerate(arrays):
         after = f" after teacher {a.after}" + (f" (job {live[a.after]})" if a.after in live else "") if a.after else ""
-        print(f"  would submit array {i} of {_n(len(a.jobs), 'job')}{after}", file=out)
+        print(f"  would submit array {i} of {counted(len(a.jobs), 'job')}{after}", file=out)
         for packs in a.jobs[:per_array]:
             if len(packs) > 1:
                 print(f"    [one job, {len(packs)} packs at once]", file=out)

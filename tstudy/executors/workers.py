@@ -254,15 +254,11 @@ class _Processes(_Pool):
         return done
 
     def close(self) -> None:
+        """Ask every worker to finish (None), then wait up to 10 s before terminating it."""
         for s in self.slots:
             if s["proc"].is_alive():
                 s["tasks"].put(None)
-        deadline = time.monotonic() + 10
-        for s in self.slots:
-            s["proc"].join(timeout=max(0.1, deadline - time.monotonic()))
-            if s["proc"].is_alive():
-                s["proc"].terminate()
-                s["proc"].join()
+        self._join(10, lambda proc: proc.terminate())
 
     def stop(self) -> None:
         """Interrupted: stop every worker now. SIGTERM is a KeyboardInterrupt in a worker: the
@@ -271,11 +267,15 @@ class _Processes(_Pool):
             s["tasks"].cancel_join_thread()
             if s["proc"].is_alive():
                 s["proc"].terminate()
-        deadline = time.monotonic() + 30
+        self._join(30, lambda proc: proc.kill())
+
+    def _join(self, seconds: float, force: Callable[[Any], None]) -> None:
+        """Wait for the workers (``seconds`` in all), then ``force`` those still alive."""
+        deadline = time.monotonic() + seconds
         for s in self.slots:
             s["proc"].join(timeout=max(0.1, deadline - time.monotonic()))
             if s["proc"].is_alive():
-                s["proc"].kill()
+                force(s["proc"])
                 s["proc"].join()
 
 
