@@ -11,7 +11,8 @@ from typing import Sequence
 from tstudy.errors import ConfigError
 from tstudy.executors.options import add_cli_flags, options_for
 from tstudy.migrate import legacy_studies, migrate
-from tstudy.store import FAILED, INCOMPLETE, RunStore
+from tstudy.config import RunConfig
+from tstudy.store import FAILED, INCOMPLETE, RunState, RunStore
 from tstudy.study import Study, load_study, parse_sets
 
 EXECUTORS = ("local", "slurm")
@@ -79,9 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # --------------------------------------------------------------------------- commands
 def cmd_plan(study: Study, store: RunStore, args: argparse.Namespace) -> int:
+    show_plan(study, store, args)
+    return 0
+
+
+def show_plan(study: Study, store: RunStore, args: argparse.Namespace) -> tuple[list[RunConfig], dict[str, RunState]]:
+    """Print the study's runs and their states; return both."""
     t0 = time.perf_counter()
     runs = study.runs()
-    teacher_ids = {t.run_id for t in study.teachers()}
+    teacher_ids = {t.run_id for t in study.teachers(runs)}
     states = store.states(runs)
     counts = collections.Counter(s.status for s in states.values())
     n_t = sum(r.run_id in teacher_ids for r in runs)
@@ -101,11 +108,11 @@ def cmd_plan(study: Study, store: RunStore, args: argparse.Namespace) -> int:
             print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     else:
         print(f"  ({len(runs)} runs: pass --all to list them)")
-    return 0
+    return runs, states
 
 
 def _short(v: object) -> str:
-    from tstudy.config import RunConfig, TeacherFile
+    from tstudy.config import TeacherFile
 
     if isinstance(v, RunConfig):
         return f"{v.model}[{v.run_id[:6]}]"
@@ -158,21 +165,22 @@ def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
 def cmd_status(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     from tstudy.executors.slurm import status_lines
 
-    rc = cmd_plan(study, store, args)
-    for line in status_lines(study.runs(), store, getattr(args, "all", False)):  # queued/running from squeue
+    runs, states = show_plan(study, store, args)
+    for line in status_lines(runs, store, getattr(args, "all", False), states=states):  # queued/running from squeue
         print(line)
-    return rc
+    return 0
 
 
 def cmd_collect(study: Study, store: RunStore, args: argparse.Namespace) -> int:
-    from tstudy.results import collect, write_results
+    from tstudy.results import update_results
 
-    df, skipped = collect(study, store)
-    for line in skipped:
+    path, c = update_results(study, store)
+    for line in c.skipped:
         print(f"  left out {line}")
-    path = write_results(df, store)
-    print(f"{path}: {len(df)} rows from {df['run_id'].nunique() if len(df) else 0} runs"
-          + (f" ({len(skipped)} runs left out)" if skipped else ""))
+    how = ("unchanged" if c.table is None else f"{c.read} metrics files read"
+           + (f", {c.reused} runs from the previous table" if c.reused else ""))
+    print(f"{path}: {c.rows} rows from {c.runs} runs" + (f" ({len(c.skipped)} runs left out)" if c.skipped else "")
+          + f" [{how}]")
     return 0
 
 
