@@ -15,6 +15,7 @@ import pytest
 
 from tstudy import RunConfig, Study, atomic
 from tstudy.results import MANIFEST, RESULTS, collect, config_columns, update_results
+from tstudy import store as store_module
 from tstudy.store import DIVERGED, DONE, INCOMPLETE, RunStore, write_status
 from tstudy.study import load_study
 
@@ -140,6 +141,13 @@ def assert_same_table(a: pd.DataFrame, b: pd.DataFrame, tmp_path):
 
 
 # --------------------------------------------------------------------------- tests
+@pytest.fixture(autouse=True)
+def _files_settle_at_once(monkeypatch):
+    """These tests write files and collect at once; a file is trusted by its stat only once it is
+    older than SETTLE_NS (test_a_run_written_just_now_is_read_again tests that rule)."""
+    monkeypatch.setattr(store_module, "SETTLE_NS", 0)
+
+
 def test_table_is_identical_to_the_per_run_implementation(tmp_path):
     study, store = build_varied_root(tmp_path / "root")
     old, old_skipped = legacy_collect(study, store.root)
@@ -206,6 +214,23 @@ def test_recollect_reads_only_what_changed_and_equals_a_full_collect(tmp_path):
     _, c = update_results(study, store)
     assert c.read == 0 and c.table is not None
     pd.testing.assert_frame_equal(read_table(store), full_table(study, store, tmp_path))
+
+
+def test_a_run_written_just_now_is_read_again(tmp_path, monkeypatch):
+    """File times are coarse: a file that changed just before it was read could change again
+    with the same stat key, so it is trusted only once it has settled."""
+    study, store = build_varied_root(tmp_path / "root")
+    monkeypatch.setattr(store_module, "SETTLE_NS", 3600 * 10**9)  # every file is fresh
+    _, c = update_results(study, store)
+    _, c = update_results(study, store)
+    assert c.table is not None and c.reused == 0 and c.read == c.runs + 1
+    kd0 = next(r for r in study.runs() if r.method == "kd")
+    assert store.state(kd0).status == DONE
+    assert not store._checked  # nothing remembered
+    monkeypatch.setattr(store_module, "SETTLE_NS", 0)
+    update_results(study, store)
+    _, c = update_results(study, store)
+    assert c.table is None and c.read == 0
 
 
 def test_a_table_written_by_something_else_voids_the_manifest(tmp_path):
@@ -305,7 +330,8 @@ def test_config_json_round_trips_to_the_run_id(path):
 def test_collect_command_says_what_it_read(tmp_path):
     study, store = build_varied_root(tmp_path / "root")
     f = tmp_path / "varied.py"
-    f.write_text("from tests.test_collect import varied_study\nstudy = varied_study()\n")
+    f.write_text("from tests.test_collect import varied_study\nfrom tstudy import store\n"
+                 "store.SETTLE_NS = 0  # as _files_settle_at_once does in this process\nstudy = varied_study()\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     run = lambda: subprocess.run([sys.executable, "-m", "tstudy.cli", "collect", str(f), "--root", str(store.root)],
                                  capture_output=True, text=True, env=env, timeout=120)

@@ -30,7 +30,7 @@ from typing import Callable
 
 from tstudy import atomic
 from tstudy.config import RunConfig
-from tstudy.store import RunStore
+from tstudy.store import SETTLE_NS, RunStore
 from tstudy.study import Study, load_study
 
 STUDY = "bookkeeping"
@@ -138,6 +138,7 @@ def build_root(root: Path, students: int, recipe: str, say: Callable[[str], None
     atomic.write_json(tmp / "bookkeeping.json", want)
     os.rename(tmp, root)
     say(f"built {root}: {len(study.runs())} runs ({n} copied from the templates) in {time.perf_counter() - t0:.1f} s")
+    time.sleep(SETTLE_NS / 1e9)  # runs finished this recently are read again by every collect (racy stat keys)
     return load_study(root / f"{STUDY}.py")
 
 

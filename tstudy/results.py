@@ -21,7 +21,7 @@ from tstudy.config import RunConfig, TeacherFile, WeightsFile
 from tstudy.errors import ConfigError
 from tstudy.lock import LockHeld, RunLock
 from tstudy.results_manifest import MANIFEST, Entry, Manifest, Unreadable
-from tstudy.store import DIVERGED, FINISHED, NOT_LAUNCHED, RunState, RunStore, files_stamp
+from tstudy.store import DIVERGED, FINISHED, NOT_LAUNCHED, RunState, RunStore, files_stamp, settled
 from tstudy.study import Study
 
 if TYPE_CHECKING:  # pandas is imported only when a table is built: a collect with nothing new needs none
@@ -129,6 +129,7 @@ def _collect(study: Study, store: RunStore, manifest: Manifest | None = None, ta
     """(what was collected, the arguments of ``results_manifest.write`` for the new table). With
     ``table`` (and its ``manifest``), runs whose files are unchanged are taken from it, and a
     file found unreadable is not tried again while unchanged."""
+    now_ns = time.time_ns()  # when the files are looked at
     runs = study.runs()
     teacher_ids = {t.run_id for t in study.teachers(runs)}
     present = set(os.listdir(store.runs_dir)) if store.runs_dir.is_dir() else set()
@@ -182,7 +183,10 @@ def _collect(study: Study, store: RunStore, manifest: Manifest | None = None, ta
         parts.append(RunPart(r.rows, cols))
     df = assemble(metrics, parts)
     collected = Collected(df, _lines(skipped), len(df), len(kept), len(fresh), reused)
-    return collected, ((*_entries(kept, metrics), unreadable) if table is not None else ())
+    if table is None:
+        return collected, ()
+    entries, dtypes = _entries(kept, metrics, now_ns)
+    return collected, (entries, dtypes, [u for u in unreadable if settled(u.stamp, now_ns)])
 
 
 def _key(r: _Run) -> tuple:
@@ -244,8 +248,9 @@ def _cast_back(prev: pd.DataFrame, runs: list[_Run], dtypes: list[list[str]]) ->
     return frame
 
 
-def _entries(runs: list[_Run], metrics: MetricsFrames) -> tuple[list[Entry], list[list[list[str]]]]:
-    """The manifest of the table just built from ``runs``."""
+def _entries(runs: list[_Run], metrics: MetricsFrames, now_ns: int) -> tuple[list[Entry], list[list[list[str]]]]:
+    """The manifest of the table just built from ``runs``, whose files were looked at ``now_ns``.
+    A run whose files had just changed then is left out: it is read again next time."""
     import pandas as pd
 
     kinds: dict[int, int] = {}  # metrics frame -> index into dtypes (-1: this pandas cannot rebuild one)
@@ -259,7 +264,7 @@ def _entries(runs: list[_Run], metrics: MetricsFrames) -> tuple[list[Entry], lis
             kinds[g] = len(dtypes) if rebuilt else -1
             if rebuilt:
                 dtypes.append(d)
-        if kinds[g] >= 0:  # else: not reusable, read again next time
+        if kinds[g] >= 0 and settled(r.stamp, now_ns):  # else: read again next time
             entries.append(Entry(r.cfg.run_id, r.role, r.state.status, r.state.epoch, r.state.reason, start,
                                  r.rows.n, kinds[g], r.stamp))
         start += r.rows.n

@@ -31,6 +31,10 @@ RECORD = "study.json"
 # The files a finished run's state is read from: while none of them changes (stat_key), neither
 # does the state of a done or diverged run (a lock matters only to runs not finished).
 STATE_FILES = ("config.json", "status.json", "metrics.parquet", "model.pt")
+# File times are coarse (a clock tick, 2 s on some file systems): a file that changed this
+# shortly before it was checked could change again without its stat_key changing, so such a
+# check is not remembered (git's "racy" entries).
+SETTLE_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ class RunStore:
         if self._checked.get(path) == key:
             return ""
         problem = check(path)
-        if not problem:
+        if not problem and settled([list(key)], time.time_ns()):
             self._checked[path] = key
         return problem
 
@@ -245,6 +249,11 @@ def _stat(path: str | Path) -> os.stat_result | None:
 def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
     """What changes when a file is written, replaced (atomic rename) or truncated."""
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def settled(stamp: Iterable[list[int] | None], now_ns: int) -> bool:
+    """True when no file of ``stamp`` (stat_keys) changed within SETTLE_NS before ``now_ns``."""
+    return all(k is None or max(k[2], k[3]) < now_ns - SETTLE_NS for k in stamp)
 
 
 def files_stamp(d: str | Path, names: Iterable[str] = STATE_FILES) -> list[list[int] | None]:
