@@ -37,3 +37,32 @@ def test_tiny_bench_profile(tmp_path):
 
 def test_device_slug():
     assert bench.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def test_bookkeeping_bench_times_every_command_on_a_real_root(tmp_path):
+    """The CPU-sized bookkeeping bench: a real (tiny) study of 50 students, every command timed;
+    the table its collect wrote is the one the per-run implementation gives for that root."""
+    import pandas as pd
+
+    from test_collect import legacy_collect  # tests/ is on sys.path (pytest)
+    from tstudy.results import RESULTS
+    from tstudy.study import load_study
+
+    out, root = tmp_path / "bk.json", tmp_path / "root"
+    report = bench.main(["--bookkeeping", "50", "--recipe", "tiny", "--keep", str(root), "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    assert report["runs"] == 51 and report["rows"] == 2 + 50 * 4  # teacher: 1 evaluation; students: 2
+    cmds = report["commands"]
+    assert list(cmds) == ["plan", "plan_10x_empty_root", "status", "collect_cold", "collect_warm", "figures_cold",
+                          "launch_dry_run_pack8"]
+    assert all(c["rc"] == 0 and c["seconds"] > 0 and c["peak_mb"] > 10 for c in cmds.values()), cmds
+    assert "51 done" in " ".join(cmds["status"]["head"])
+    assert "501 not launched" in " ".join(cmds["plan_10x_empty_root"]["head"])
+    assert "[51 metrics files read]" in " ".join(cmds["collect_cold"]["tail"])
+    assert "[unchanged]" in " ".join(cmds["collect_warm"]["tail"])
+    assert "trained for real" in report["how"]
+    study = load_study(root / "bookkeeping.py")
+    old, skipped = legacy_collect(study, root)
+    assert not skipped
+    old.to_parquet(tmp_path / "old.parquet", index=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(root / "bookkeeping" / RESULTS), pd.read_parquet(tmp_path / "old.parquet"))

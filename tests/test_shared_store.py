@@ -51,7 +51,7 @@ def test_two_studies_naming_one_teacher_train_it_once(tmp_path, capsys):
         assert main(["collect", str(f), "--root", str(root)]) == 0
         assert "2 runs" in capsys.readouterr().out  # exactly its own runs
     assert sorted(p.name for p in root.iterdir()) == ["a", "b", "runs"]
-    assert sorted(p.name for p in (root / "a").iterdir()) == ["results.parquet", "study.json"]
+    assert sorted(p.name for p in (root / "a").iterdir()) == ["results.manifest.json", "results.parquet", "study.json"]
 
 
 def test_clean_asks_before_deleting_a_run_another_study_lists(tmp_path, capsys, monkeypatch):

@@ -35,8 +35,13 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, lambda p: p.write_bytes(data))
 
 
+def json_bytes(obj: Any) -> bytes:
+    """The bytes :func:`write_json` writes for ``obj``."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    write_bytes(path, json_bytes(obj))
 
 
 def torch_save(path: str | os.PathLike, obj: Any) -> None:

@@ -20,6 +20,9 @@ of CIFAR-100's shape (50,000 train images) is used, and the JSON says so.
 
 On the CPU (or with ``--tiny``) a tiny version runs (small models and images, a few steps) so
 that CI exercises the code; its numbers mean nothing.
+
+``--bookkeeping N`` times the bookkeeping commands on a root of N finished runs instead
+(:mod:`tstudy.bookkeeping_bench`).
 """
 from __future__ import annotations
 
@@ -295,7 +298,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--profile", default=None,
                    help="after each setting, profile 5 steps: op tables appended to this text file; "
                         "kernels and GPU-busy ms per step in the JSON")
+    p.add_argument("--bookkeeping", type=int, default=None, metavar="N",
+                   help="instead: time plan, status, collect, figures and launch --dry-run on a root of N finished "
+                        "students (tstudy/bookkeeping_bench.py); --only picks commands, --out the JSON")
+    p.add_argument("--recipe", default="quickstart", choices=("quickstart", "tiny"),
+                   help="with --bookkeeping: the recipe of the runs trained for real (tiny: for tests)")
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="with --bookkeeping: build the root in DIR and keep it (reused when already built)")
     args = p.parse_args(argv)
+    if args.bookkeeping is not None:
+        from tstudy import bookkeeping_bench
+
+        return bookkeeping_bench.run(args.bookkeeping, args.recipe, args.keep, args.out,
+                                     set(args.only.split(",")) if args.only else None)
 
     from tstudy.engine import resolve_device
     from tstudy.provenance import device_name, git_commit

@@ -13,7 +13,8 @@ from tstudy.text import counted
 from tstudy.executors.options import add_cli_flags, options_for
 from tstudy.lock import describe, is_stale, on_this_host, remove_if_unchanged
 from tstudy.migrate import legacy_studies, migrate
-from tstudy.store import FAILED, INCOMPLETE, RunStore
+from tstudy.config import RunConfig
+from tstudy.store import FAILED, INCOMPLETE, RunState, RunStore
 from tstudy.study import Study, load_study, parse_seeds, parse_sets, run_warnings
 
 EXECUTORS = ("local", "slurm")
@@ -104,9 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # --------------------------------------------------------------------------- commands
 def cmd_plan(study: Study, store: RunStore, args: argparse.Namespace) -> int:
+    show_plan(study, store, args)
+    return 0
+
+
+def show_plan(study: Study, store: RunStore, args: argparse.Namespace) -> tuple[list[RunConfig], dict[str, RunState]]:
+    """Print the study's runs and their states; return both."""
     t0 = time.perf_counter()
     runs = study.runs()
-    teacher_ids = {t.run_id for t in study.teachers()}
+    teacher_ids = {t.run_id for t in study.teachers(runs)}
     states = store.states(runs)
     counts = collections.Counter(s.status for s in states.values())
     n_t = sum(r.run_id in teacher_ids for r in runs)
@@ -128,7 +135,7 @@ def cmd_plan(study: Study, store: RunStore, args: argparse.Namespace) -> int:
             print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     else:
         print(f"  ({len(runs)} runs: pass --all to list them)")
-    return 0
+    return runs, states
 
 
 def _warn(runs: Sequence) -> None:
@@ -156,7 +163,7 @@ def _note_finished_elsewhere(store: RunStore, runs: Sequence, args: argparse.Nam
 
 
 def _short(v: object) -> str:
-    from tstudy.config import RunConfig, TeacherFile
+    from tstudy.config import TeacherFile
 
     if isinstance(v, RunConfig):
         return f"{v.model}[{v.run_id[:6]}]"
@@ -213,21 +220,22 @@ def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
 def cmd_status(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     from tstudy.executors.slurm import status_lines
 
-    rc = cmd_plan(study, store, args)
-    for line in status_lines(study.runs(), store, getattr(args, "all", False)):  # queued/running from squeue
+    runs, states = show_plan(study, store, args)
+    for line in status_lines(runs, store, getattr(args, "all", False), states=states):  # queued/running from squeue
         print(line)
-    return rc
+    return 0
 
 
 def cmd_collect(study: Study, store: RunStore, args: argparse.Namespace) -> int:
-    from tstudy.results import collect, write_results
+    from tstudy.results import update_results
 
-    df, skipped = collect(study, store)
-    for line in skipped:
+    path, c = update_results(study, store)
+    for line in c.skipped:
         print(f"  left out {line}")
-    path = write_results(df, store)
-    print(f"{path}: {counted(len(df), 'row')} from {counted(df['run_id'].nunique() if len(df) else 0, 'run')}"
-          + (f" ({counted(len(skipped), 'run')} left out)" if skipped else ""))
+    how = ("unchanged" if c.table is None else f"{c.read} metrics files read"
+           + (f", {counted(c.reused, 'run')} from the previous table" if c.reused else ""))
+    print(f"{path}: {counted(c.rows, 'row')} from {counted(c.runs, 'run')}"
+          + (f" ({counted(len(c.skipped), 'run')} left out)" if c.skipped else "") + f" [{how}]")
     _note_finished_elsewhere(store, study.runs(), args)
     return 0
 

@@ -337,6 +337,20 @@ class RunConfig:
         check_fields(changes, "config")
         return dataclasses.replace(self, **changes)
 
+    def with_seed(self, seed: int) -> "RunConfig":
+        """``replace(seed=seed)`` without validating the other fields again (no rule involves the
+        seed but its own), for expanding a study's seeds; the same config and run id."""
+        seed = _as_int("seed", seed)
+        if seed < 0:
+            raise ConfigError(f"seed: must be >= 0, got {seed}")
+        canonical = {k: v for k, v in self._canonical.items() if k != "seed"}
+        if seed != _defaults_of(type(self))["seed"]:
+            canonical["seed"] = seed
+        new = object.__new__(type(self))
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "run_id"},
+                            seed=seed, _canonical=canonical)
+        return new
+
     # ----------------------------------------------------------------- derived
     @property
     def params(self) -> dict:

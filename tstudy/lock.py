@@ -76,34 +76,37 @@ def is_stale(info: dict | None) -> bool:
 
 
 class RunLock:
-    """``with RunLock(run_dir):`` holds ``run_dir/lock``; raises LockHeld if a live owner has it."""
+    """``with RunLock(run_dir):`` holds ``run_dir/lock``; raises LockHeld if a live owner has it.
+    ``name``: another lock file in that folder (``collect.lock`` for a study's results)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / "lock"
+    def __init__(self, run_dir: Path, name: str = "lock") -> None:
+        self.path = Path(run_dir) / name
+        self.label = f"run {self.path.parent.name}" if name == "lock" else str(self.path)  # for messages
         self.held = False
 
     def acquire(self) -> None:
         for _ in range(50):
             # Write the owner to a private file first, then hard-link it into place: the lock
             # appears complete or not at all, so no reader ever sees an empty lock.
-            tmp = self.path.with_name(f".lock-{socket.gethostname()}-{os.getpid()}")
+            tmp = self.path.with_name(f".{self.path.name}-{socket.gethostname()}-{os.getpid()}")
             tmp.write_text(json.dumps(_me()))
             try:
                 os.link(tmp, self.path)
             except FileExistsError:
                 info = read_lock(self.path)
                 if not is_stale(info):
-                    raise LockHeld(f"run {self.path.parent.name} is being trained by {describe(info)}") from None
+                    what = "being trained" if self.path.name == "lock" else "held"
+                    raise LockHeld(f"{self.label} is {what} by {describe(info)}") from None
                 self._take_over(info)
                 continue
             finally:
                 tmp.unlink(missing_ok=True)
             self.held = True
             return
-        raise LockHeld(f"run {self.path.parent.name}: could not take its lock")
+        raise LockHeld(f"{self.label}: could not take its lock")
 
     def _take_over(self, seen: dict | None) -> None:
-        """Remove a stale lock, guarded by ``lock.takeover`` so two takers cannot both win."""
+        """Remove a stale lock, guarded by ``<lock>.takeover`` so two takers cannot both win."""
         if _remove_guarded(self.path, seen) is None:
             time.sleep(0.05)
 
@@ -123,10 +126,10 @@ class RunLock:
 
 
 def _remove_guarded(path: Path, seen: dict | None) -> bool | None:
-    """Unlink the lock ``path`` if it still holds ``seen``, guarded by ``lock.takeover`` so two
+    """Unlink the lock ``path`` if it still holds ``seen``, guarded by ``<lock>.takeover`` so two
     takers cannot both win: True when removed, False when it changed meanwhile, None when another
     taker holds the guard (try again)."""
-    guard = path.with_name("lock.takeover")
+    guard = path.with_name(f"{path.name}.takeover")
     try:
         gfd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:

@@ -17,7 +17,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from tstudy import atomic
 from tstudy.config import RunConfig
@@ -30,6 +30,13 @@ FINISHED = (DONE, DIVERGED)  # final states: launch does not run these again
 STATUSES = (INCOMPLETE, RUNNING, DONE, FAILED, DIVERGED)  # what a status.json may say
 RUNS = "runs"  # <root>/runs: the shared run store (so no study may be called "runs")
 RECORD = "study.json"
+# The files a finished run's state is read from: while none of them changes (stat_key), neither
+# does the state of a done or diverged run (a lock matters only to runs not finished).
+STATE_FILES = ("config.json", "status.json", "metrics.parquet", "model.pt")
+# File times are coarse (a clock tick, 2 s on some file systems): a file that changed this
+# shortly before it was checked could change again without its stat_key changing, so such a
+# check is not remembered (git's "racy" entries).
+SETTLE_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class RunStore:
         self.study = study
         self.study_dir = self.root / study
         self.runs_dir = self.root / RUNS
+        self._checked: dict[str, tuple[int, ...]] = {}  # files verified in this process, by stat_key
 
     def run_dir(self, cfg: RunConfig | str) -> Path:
         return self.runs_dir / (cfg if isinstance(cfg, str) else cfg.run_id)
@@ -93,28 +101,32 @@ class RunStore:
 
     # ----------------------------------------------------------------- state
     def state(self, cfg: RunConfig | str) -> RunState:
-        d = self.run_dir(cfg)
-        run_id = cfg if isinstance(cfg, str) else cfg.run_id
-        if not (d / "config.json").exists():
+        """The run's state from its files. A finished run's state depends only on
+        :data:`STATE_FILES` (their content, or their absence)."""
+        d = os.path.join(self.runs_dir, cfg if isinstance(cfg, str) else cfg.run_id)  # str: this runs 10,000s of times
+        problem = self._config_problem(d, cfg)
+        if problem is None:
             return RunState(NOT_LAUNCHED)
-        problem = self.check_config(d, run_id)
         if problem:
             return RunState(INCOMPLETE, reason=problem)
         status = read_status(d)
         s = status.get("status")
         if s not in STATUSES:  # status.json missing or damaged: a finished run stays finished
-            recovered = self._recover_status(d, cfg if isinstance(cfg, RunConfig) else None)
+            recovered = self._recover_status(Path(d), cfg if isinstance(cfg, RunConfig) else None)
             if recovered is not None:
                 return recovered
         epoch = _int(status.get("epoch", 0))
         if s in (DONE, DIVERGED):
-            missing = [f for f in ("metrics.parquet",) + (("model.pt",) if s == DONE else ()) if not (d / f).exists()]
+            metrics = os.path.join(d, "metrics.parquet")
+            st = _stat(metrics)
+            missing = [f for f, x in (("metrics.parquet", st),) + ((("model.pt", _stat(os.path.join(d, "model.pt"))),)
+                                                                   if s == DONE else ()) if x is None]
             if missing:
                 return RunState(INCOMPLETE, epoch, f"status says {s} but {', '.join(missing)} is missing")
-            if not parquet_intact(d / "metrics.parquet"):
+            if self._remembered(metrics, st, lambda p: "" if parquet_intact(p) else "truncated"):
                 return RunState(INCOMPLETE, epoch, f"status says {s} but metrics.parquet is truncated or corrupt")
             return RunState(s, epoch, status.get("reason", ""))
-        info = read_lock(d / "lock")
+        info = read_lock(Path(d) / "lock")
         if info is not None and not is_stale(info) and not held_by_me(info):
             return RunState(RUNNING, epoch)  # e.g. another process relaunching a failed run
         if s == FAILED:
@@ -141,6 +153,37 @@ class RunStore:
             pass  # another process holds the run, or the root is read-only: repaired at a later call
         return RunState(DONE, cfg.epochs)
 
+    def _config_problem(self, d: str, cfg: RunConfig | str) -> str | None:
+        """None without config.json; '' when it is the run's config; else the problem.
+
+        A config.json holding ``cfg.to_dict()`` (which hashes to the run id) is recognised
+        without building a RunConfig (:func:`is_config_of`); any other goes through
+        :meth:`check_config`."""
+        path = os.path.join(d, "config.json")
+        st = _stat(path)
+        if st is None:
+            return None
+        run_id = cfg if isinstance(cfg, str) else cfg.run_id
+
+        def check(p: str) -> str:
+            if isinstance(cfg, RunConfig) and is_config_of(p, cfg):
+                return ""
+            return self.check_config(Path(d), run_id)
+
+        return self._remembered(path, st, check)
+
+    def _remembered(self, path: str, st: os.stat_result, check: Callable[[str], str]) -> str:
+        """``check(path)``: '' when the file is fine, else the problem. A fine result is
+        remembered in this process while the file's :func:`stat_key` (``st``, taken before the
+        check) stays the same: any write, rename over it or truncation changes it."""
+        key = stat_key(st)
+        if self._checked.get(path) == key:
+            return ""
+        problem = check(path)
+        if not problem and settled([list(key)], time.time_ns()):
+            self._checked[path] = key
+        return problem
+
     @staticmethod
     def check_config(d: Path, run_id: str) -> str:
         """'' when config.json parses and hashes to the directory's run id, else the problem."""
@@ -153,7 +196,9 @@ class RunStore:
         return ""
 
     def states(self, cfgs: Iterable[RunConfig]) -> dict[str, RunState]:
-        return {c.run_id: self.state(c) for c in cfgs}
+        """``{run id: state}``; the store is listed once, so runs never launched cost no file access."""
+        present = set(os.listdir(self.runs_dir)) if self.runs_dir.is_dir() else set()
+        return {c.run_id: self.state(c) if c.run_id in present else RunState(NOT_LAUNCHED) for c in cfgs}
 
     def finished_elsewhere(self, run_ids: Iterable[str]) -> list[str]:
         """The run ids this study's record lists, not among ``run_ids`` (e.g. the runs of the
@@ -212,7 +257,59 @@ def study_records(root: Path) -> dict[str, dict]:
             if d.is_dir() and d.name != RUNS and (rec := read_record(d))}
 
 
-def parquet_intact(path: Path) -> bool:
+def is_config_of(path: str | Path, cfg: RunConfig) -> bool:
+    """True when the JSON in ``path`` is exactly ``cfg.to_dict()``: the same keys, and values of
+    the same JSON types (``true`` is not ``1``, nor ``1`` ``1.0``). Then it parses back to ``cfg``
+    and hashes to its run id."""
+    try:
+        with open(path, "rb") as f:
+            on_disk = json.loads(f.read())
+    except (OSError, ValueError):
+        return False
+    return _same_json(on_disk, cfg.to_dict())
+
+
+def _same_json(a: object, b: object) -> bool:
+    """``a == b`` for parsed JSON, with types kept apart (Python has ``True == 1 == 1.0``)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_same_json(v, b[k]) for k, v in a.items())  # type: ignore[attr-defined,index]
+    if type(a) is list:
+        return len(a) == len(b) and all(map(_same_json, a, b))  # type: ignore[arg-type]
+    return a == b
+
+
+def _stat(path: str | Path) -> os.stat_result | None:
+    """The file's stat, None when it does not exist (as ``Path.exists``)."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a file is written, replaced (atomic rename) or truncated."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def settled(stamp: Iterable[list[int] | None], now_ns: int) -> bool:
+    """True when no file of ``stamp`` (stat_keys) changed within SETTLE_NS before ``now_ns``."""
+    return all(k is None or max(k[2], k[3]) < now_ns - SETTLE_NS for k in stamp)
+
+
+def files_stamp(d: str | Path, names: Iterable[str] = STATE_FILES) -> list[list[int] | None]:
+    """The :func:`stat_key` of each file in ``d`` (None where absent)."""
+    out: list[list[int] | None] = []
+    for name in names:
+        try:
+            out.append(list(stat_key(os.stat(os.path.join(d, name)))))
+        except FileNotFoundError:
+            out.append(None)
+    return out
+
+
+def parquet_intact(path: str | Path) -> bool:
     """Cheap integrity check: a parquet file starts and ends with the magic bytes PAR1."""
     try:
         with open(path, "rb") as f:
@@ -235,11 +332,12 @@ def set_aside(path: Path) -> Path | None:
 UNREADABLE = "status.json unreadable"
 
 
-def read_status(d: Path) -> dict:
+def read_status(d: str | Path) -> dict:
     """The run's status.json; ``{}`` when absent; ``{"reason": UNREADABLE}`` (no status) when
     it cannot be parsed or is not an object."""
     try:
-        status = json.loads((d / "status.json").read_text())
+        with open(os.path.join(d, "status.json"), "rb") as f:
+            status = json.loads(f.read())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError):

@@ -87,9 +87,14 @@ class Study:
 
     # ----------------------------------------------------------------- expansion
     def students(self) -> list[RunConfig]:
-        """The product of the axes and seeds, filtered, derived, de-duplicated (order kept)."""
+        """The product of the axes and seeds, filtered, derived, de-duplicated (order kept).
+
+        Each combination of axis values is validated once, for the first seed; its other seeds
+        are copies (:meth:`RunConfig.with_seed`), and a combination equal to an earlier one is
+        not expanded again (``where`` and ``derive`` are functions of the config)."""
         keys = list(self.axes)
         out: dict[str, RunConfig] = {}
+        expanded: dict[str, RunConfig] = {}  # run id of the first seed's config -> that config
         for combo in itertools.product(*(self.axes[k] for k in keys)):
             changes: dict[str, Any] = {}
             for key, value in zip(keys, combo):
@@ -99,16 +104,20 @@ class Study:
                     changes.update(zip(key, value))
             if "method" in changes and "method_params" not in changes and changes["method"] != self.base.method:
                 changes["method_params"] = {}
+            first, context = self._make({**changes, "seed": self.seeds[0]})
+            if expanded.get(first.run_id) == first:
+                continue
+            expanded[first.run_id] = first
             for seed in self.seeds:
-                cfg = self._make({**changes, "seed": seed}, combo)
-                if cfg is None:
-                    continue
-                out.setdefault(cfg.run_id, cfg)
+                cfg = self._finish(first if seed == self.seeds[0] else first.with_seed(seed), context)
+                if cfg is not None:
+                    out.setdefault(cfg.run_id, cfg)
         if not out:  # only `where` can drop runs: axes and seeds are never empty
             raise ConfigError(f"where: drops every run of study {self.name!r}; a study needs at least one run")
         return list(out.values())
 
-    def _make(self, changes: dict[str, Any], combo: tuple) -> RunConfig | None:
+    def _make(self, changes: dict[str, Any]) -> tuple[RunConfig, str]:
+        """The base with ``changes`` (validated), and the context for error messages."""
         base = self.base
         method = changes.get("method", base.method)
         params = changes.get("method_params", base.method_params)
@@ -122,19 +131,22 @@ class Study:
         elif needs_teacher and "teacher" not in changes and base.teacher is None:
             raise ConfigError(f"teacher: method {method!r} needs a teacher; set base.teacher or a teacher axis")
         where = ", ".join(f"{k}={v!r}" for k, v in changes.items() if k not in ("teacher", "seed"))
+        context = f"study {self.name!r}, run with {where}"
         try:
-            cfg = dataclasses.replace(base, **changes)
+            return dataclasses.replace(base, **changes), context
         except ConfigError as e:
-            raise ConfigError(f"{e} (study {self.name!r}, run with {where})") from None
+            raise ConfigError(f"{e} ({context})") from None
+
+    def _finish(self, cfg: RunConfig, context: str) -> RunConfig | None:
+        """``derive`` then ``where`` applied to one run (None: filtered out)."""
         if self.derive is not None:
-            cfg = _call_user("derive", self.derive, cfg, f"study {self.name!r}, run with {where}")
+            cfg = _call_user("derive", self.derive, cfg, context)
             if not isinstance(cfg, RunConfig):
                 raise ConfigError(f"derive: must return a RunConfig, got {type(cfg).__name__}")
         if self.where is not None:
             keep = _call_user("where", self.where, cfg, f"study {self.name!r}, run {cfg.run_id}")
             if not isinstance(keep, bool):
-                raise ConfigError(f"where: must return True or False, got {keep!r} "
-                                  f"(study {self.name!r}, run {cfg.run_id} with {where})")
+                raise ConfigError(f"where: must return True or False, got {keep!r} ({context}, run {cfg.run_id})")
             if not keep:
                 return None
         return cfg

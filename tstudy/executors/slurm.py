@@ -518,14 +518,18 @@ def run_note(store: RunStore, cfg: RunConfig, state: RunState, queue: Queue | No
     return "ended", ended + (f": {tail}" if tail else "") + f" (log: {rec.get('stderr')})"
 
 
-def status_lines(runs: Sequence[RunConfig], store: RunStore, show_all: bool = False, limit: int = 200) -> list[str]:
+def status_lines(runs: Sequence[RunConfig], store: RunStore, show_all: bool = False, limit: int = 200,
+                 states: Mapping[str, RunState] | None = None) -> list[str]:
     """Lines for ``tstudy status``: counts of queued/running/ended SLURM jobs and a note per
-    unfinished run that has one. Empty when no run of the study was ever submitted to SLURM."""
+    unfinished run that has one. Empty when no run of the study was ever submitted to SLURM.
+    ``states``: the runs' states when already read."""
     have = [r for r in runs if (store.run_dir(r) / RECORD).exists()]
     if not have:
         return []
     queue = read_queue()
-    notes = {r.run_id: n for r in have if (n := run_note(store, r, store.state(r), queue))}
+    states = states or {}
+    notes = {r.run_id: n for r in have
+             if (n := run_note(store, r, states.get(r.run_id) or store.state(r), queue))}
     counts: dict[str, int] = {}
     for kind, _ in notes.values():
         counts[kind] = counts.get(kind, 0) + 1
