@@ -92,3 +92,51 @@ def test_bad_worker_counts_are_one_line(tmp_path, capsys):
                  "--dry-run"]) == 2
     assert "--workers: only with --executor local" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_worker_killed_fails_its_pack_and_the_others_go_on(tmp_path):
+    """kill -9 of one worker: its run is failed (with the reason), a new worker takes its place,
+    the other runs finish, and launching again finishes the killed run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    f = tmp_path / "slow.py"
+    f.write_text('from tstudy import RunConfig, Study\n'
+                 'study = Study(name="slow", base=RunConfig(model="mlp_s", epochs=4, batch_size=4, lr=0.01), '
+                 'seeds=[0, 1, 2])\n')
+    root = tmp_path / "root"
+    cmd = [sys.executable, "-c", "import sys; from tstudy.cli import main; sys.exit(main())",
+           "launch", str(f), "--root", str(root), "--workers", "2", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store, runs = RunStore(root, "slow"), load_study(f).runs()
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(store.state(r).epoch >= 1 for r in runs):
+        time.sleep(0.05)
+    children = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+                if _ppid(p) == proc.pid and "spawn_main" in _cmdline(p.parent)]
+    os.kill(children[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err
+    assert "FAILED: worker " in err and "died (exit code -9)" in err, err
+    states = [store.state(r).status for r in runs]
+    assert states.count(DONE) == 2, states
+    assert main(["launch", str(f), "--root", str(root), "--workers", "2", "--threads", "1"]) == 0
+    assert all(store.state(r).status == DONE for r in runs)
+
+
+def _ppid(stat) -> int:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _cmdline(d) -> str:
+    try:
+        return (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

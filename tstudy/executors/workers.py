@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
-import queue as queue_mod
 import signal
 import sys
 import threading
@@ -192,7 +192,8 @@ class _InProcess(_Pool):
 
 
 class _Processes(_Pool):
-    """N spawned worker processes, fed one pack at a time each."""
+    """N spawned worker processes, fed one pack at a time each, each over a pipe of its own (no
+    shared queues: no semaphores for multiprocessing's resource tracker to warn about)."""
 
     def __init__(self, store: RunStore, spec: EnvSpec, workers: int, threads: int | None,
                  progress: "Progress", gpus: Sequence[str | None]) -> None:
@@ -200,20 +201,20 @@ class _Processes(_Pool):
         self.store, self.spec, self.progress = store, spec, progress
         self.threads = threads or 1
         self.gpus = list(gpus)
-        self.events = self.ctx.Queue()
         self.slots: list[dict] = []
         for i in range(workers):
-            self.slots.append({"proc": None, "tasks": None, "pack": None})
+            self.slots.append({"proc": None, "conn": None, "pack": None})
             self._spawn(i)
 
     def _spawn(self, i: int) -> None:
-        tasks = self.ctx.Queue()
+        conn, child = self.ctx.Pipe()
         proc = self.ctx.Process(target=worker_main, name=f"tstudy-worker-{i}", daemon=True,
                                 args=(i, self.gpus[i], self.threads, self.spec, str(self.store.root),
-                                      self.store.study, tasks, self.events))
+                                      self.store.study, child))
         with _sigint_ignored():  # a terminal's Ctrl-C reaches the workers too: this process stops them
             proc.start()
-        self.slots[i].update(proc=proc, tasks=tasks, pack=None)
+        child.close()
+        self.slots[i].update(proc=proc, conn=conn, pack=None)
 
     def free(self) -> bool:
         return any(s["pack"] is None for s in self.slots)
@@ -227,44 +228,55 @@ class _Processes(_Pool):
     def start(self, pack: Pack) -> None:
         i = next(i for i, s in enumerate(self.slots) if s["pack"] is None)
         self.slots[i]["pack"] = pack
-        self.slots[i]["tasks"].put(pack.runs)
+        try:
+            self.slots[i]["conn"].send(pack.runs)
+        except OSError:  # the worker died while idle: a new one takes the pack
+            self.slots[i]["conn"].close()
+            self._spawn(i)
+            self.slots[i]["pack"] = pack
+            self.slots[i]["conn"].send(pack.runs)
         self.progress.started(i, pack)
 
     def wait(self) -> list[tuple[Pack, dict[str, Outcome]]]:
         """Handle worker events until at least one pack ends (or a worker dies)."""
         done: list[tuple[Pack, dict[str, Outcome]]] = []
         while not done:
-            try:
-                kind, i, payload = self.events.get(timeout=POLL_S)
-            except queue_mod.Empty:
-                for i, s in enumerate(self.slots):
-                    if s["pack"] is not None and not s["proc"].is_alive():
-                        why = f"worker {i} died (exit code {s['proc'].exitcode})"
-                        done.append((s["pack"], {rid: Outcome(FAILED, why) for rid in s["pack"].run_ids}))
-                        self._spawn(i)
-                continue
-            if kind == "epoch":
-                cfg, epoch, info = payload
-                self.progress.epoch(i, cfg, epoch, info)
-            elif kind == "step":
-                self.progress.step(i, *payload)
-            elif kind == "done":
-                pack, self.slots[i]["pack"] = self.slots[i]["pack"], None
-                done.append((pack, payload))
+            ready = mp_connection.wait([s["conn"] for s in self.slots if s["pack"] is not None], timeout=POLL_S)
+            for i, s in enumerate(self.slots):
+                if s["conn"] not in ready:
+                    continue
+                try:
+                    kind, payload = s["conn"].recv()
+                except (EOFError, OSError):  # the worker died: its pack fails, a new worker takes its place
+                    s["proc"].join(timeout=5)
+                    why = f"worker {i} died (exit code {s['proc'].exitcode})"
+                    done.append((s["pack"], {rid: Outcome(FAILED, why) for rid in s["pack"].run_ids}))
+                    s["conn"].close()
+                    self._spawn(i)
+                    continue
+                if kind == "epoch":
+                    self.progress.epoch(i, *payload)
+                elif kind == "step":
+                    self.progress.step(i, *payload)
+                elif kind == "done":
+                    pack, s["pack"] = s["pack"], None
+                    done.append((pack, payload))
         return done
 
     def close(self) -> None:
         """Ask every worker to finish (None), then wait up to 10 s before terminating it."""
         for s in self.slots:
             if s["proc"].is_alive():
-                s["tasks"].put(None)
+                try:
+                    s["conn"].send(None)
+                except OSError:  # already gone
+                    pass
         self._join(10, lambda proc: proc.terminate())
 
     def stop(self) -> None:
         """Interrupted: stop every worker now. SIGTERM is a KeyboardInterrupt in a worker: the
         engine marks its runs interrupted (their checkpoints kept) and releases their locks."""
         for s in self.slots:
-            s["tasks"].cancel_join_thread()
             if s["proc"].is_alive():
                 s["proc"].terminate()
         self._join(30, lambda proc: proc.kill())
@@ -297,9 +309,9 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def worker_main(i: int, gpu: str | None, threads: int, spec: EnvSpec, root: str, study: str,
-                tasks: Any, events: Any) -> None:
-    """A worker process: pin the GPU and threads, then train each pack it is sent until None.
+def worker_main(i: int, gpu: str | None, threads: int, spec: EnvSpec, root: str, study: str, conn: Any) -> None:
+    """A worker process: pin the GPU and threads, then train each pack it receives on ``conn``
+    until None, sending ("epoch" | "step" | "done", payload) back.
     It ignores SIGINT (the launching process decides) and stops quietly on SIGTERM."""
     try:
         signal.signal(signal.SIGTERM, _interrupt)
@@ -311,13 +323,13 @@ def worker_main(i: int, gpu: str | None, threads: int, spec: EnvSpec, root: str,
         spec = EnvSpec(("cuda" if gpu is not None else spec.device), spec.data_root, spec.pack_mode,
                        spec.cuda_graphs)
         env = _make_env(spec)
-        env.on_epoch = lambda cfg, epoch, info: events.put(("epoch", i, (cfg, epoch, _small(info))))
-        env.on_step = lambda cfg, epoch, step, steps: events.put(("step", i, (epoch, step, steps)))
+        env.on_epoch = lambda cfg, epoch, info: conn.send(("epoch", (cfg, epoch, _small(info))))
+        env.on_step = lambda cfg, epoch, step, steps: conn.send(("step", (epoch, step, steps)))
         store = RunStore(root, study)
-        while (runs := tasks.get()) is not None:
-            events.put(("done", i, _train(Pack(tuple(runs)), store, env)))
-    except KeyboardInterrupt:  # stopped by the launching process: the runs keep their checkpoints
-        events.cancel_join_thread()
+        while (runs := conn.recv()) is not None:
+            conn.send(("done", _train(Pack(tuple(runs)), store, env)))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):  # stopped by (or lost) the launching process
+        pass
 
 
 def _small(info: dict) -> dict:
@@ -408,7 +420,8 @@ class Progress:
             self.total.update(len(pack.runs))
         for rid, o in outcomes.items():
             if o.status == FAILED:
-                self.say(f"{rid}: FAILED: {o.reason} (see {store.run_dir(rid) / 'error.txt'})")
+                error = store.run_dir(rid) / "error.txt"
+                self.say(f"{rid}: FAILED: {o.reason}" + (f" (see {error})" if error.exists() else ""))
             elif o.status == RUNNING:
                 self.say(f"{rid}: skipped, {o.reason}")
             elif o.status != DONE:
