@@ -20,7 +20,7 @@ from tstudy import atomic, results_manifest
 from tstudy.config import RunConfig, TeacherFile, WeightsFile
 from tstudy.errors import ConfigError
 from tstudy.lock import LockHeld, RunLock
-from tstudy.results_manifest import MANIFEST, Entry, Manifest, Unreadable
+from tstudy.results_manifest import KEY, MANIFEST, Entry, Manifest, Unreadable
 from tstudy.store import DIVERGED, FINISHED, NOT_LAUNCHED, RunState, RunStore, files_stamp, settled
 from tstudy.study import Study
 
@@ -33,7 +33,6 @@ RESULTS = "results.parquet"
 LOCK = "collect.lock"  # held while a collect reads and writes a study's table and manifest
 LOCK_WAIT_S = 600.0
 
-KEY = ["run_id", "epoch", "split"]
 
 __all__ = ["RESULTS", "MANIFEST", "KEY", "Collected", "collect", "update_results", "write_results",
            "config_columns", "method_label"]

@@ -19,6 +19,8 @@ from typing import Any, Sequence
 from tstudy import atomic
 from tstudy.store import stat_key
 
+KEY = ["run_id", "epoch", "split"]  # a results table's rows are unique and sorted by these
+
 MANIFEST = "results.manifest.json"
 FORMAT = 1
 

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tstudy.results import KEY
+from tstudy.results_manifest import KEY
 
 FRONT = ["study", "run_id", "role", "status", "epoch", "split", "acc1", "acc5", "loss"]
 
