@@ -8,14 +8,14 @@ import sys
 import time
 from typing import Sequence
 
+from tstudy.config import RunConfig
 from tstudy.errors import ConfigError
-from tstudy.text import counted
 from tstudy.executors.options import add_cli_flags, options_for
 from tstudy.lock import describe, is_stale, on_this_host, remove_if_unchanged
 from tstudy.migrate import legacy_studies, migrate
-from tstudy.config import RunConfig
 from tstudy.store import FAILED, INCOMPLETE, RunState, RunStore
 from tstudy.study import Study, load_study, parse_seeds, parse_sets, run_warnings
+from tstudy.text import counted
 
 EXECUTORS = ("local", "slurm")
 MAX_TABLE = 200
@@ -121,7 +121,7 @@ def show_plan(study: Study, store: RunStore, args: argparse.Namespace) -> tuple[
     print(f"study {study.name}: {counted(len(runs), 'run')} ({counted(n_t, 'teacher')}, {counted(len(runs) - n_t, 'student')}) "
           f"under {store.study_dir}  [expanded in {time.perf_counter() - t0:.2f} s]")
     print("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    _note_finished_elsewhere(store, runs, args)
+    _note_finished_elsewhere(store, [r.run_id for r in runs], args)
     if len(runs) <= MAX_TABLE or getattr(args, "all", False):
         fields = study.varying_fields()
         table = [["run_id", "role", "state", "epoch", *fields, ""]]
@@ -144,14 +144,14 @@ def _warn(runs: Sequence) -> None:
         print(f"tstudy: warning: {line}", file=sys.stderr)
 
 
-def _note_finished_elsewhere(store: RunStore, runs: Sequence, args: argparse.Namespace) -> None:
+def _note_finished_elsewhere(store: RunStore, run_ids: Sequence[str], args: argparse.Namespace) -> None:
     """One line when finished runs this study launched before are not in the current expansion
-    (``--set``/``--seeds``, or an edited study file): their count and how to see them."""
-    others = store.finished_elsewhere(r.run_id for r in runs)
+    (``run_ids``; ``--set``/``--seeds``, or an edited study file): their count and how to see them."""
+    others = store.finished_elsewhere(run_ids)
     if not others:
         return
     n = len(others)
-    what = f"{n} finished run{'s' if n != 1 else ''} of study {store.study!r} under {store.root}"
+    what = f"{counted(n, 'finished run')} of study {store.study!r} under {store.root}"
     if args.sets or args.seeds:
         flags = " and ".join(f for f, given in (("--set", args.sets), ("--seeds", args.seeds)) if given)
         print(f"  note: {what} {'are' if n != 1 else 'is'} not in this expansion ({flags}): "
@@ -159,7 +159,6 @@ def _note_finished_elsewhere(store: RunStore, runs: Sequence, args: argparse.Nam
     else:
         print(f"  note: {what} {'are' if n != 1 else 'is'} no longer named by the study file; "
               f"their ids are in {store.study_dir / 'study.json'}")
-
 
 
 def _short(v: object) -> str:
@@ -236,7 +235,7 @@ def cmd_collect(study: Study, store: RunStore, args: argparse.Namespace) -> int:
            + (f", {counted(c.reused, 'run')} from the previous table" if c.reused else ""))
     print(f"{path}: {counted(c.rows, 'row')} from {counted(c.runs, 'run')}"
           + (f" ({counted(len(c.skipped), 'run')} left out)" if c.skipped else "") + f" [{how}]")
-    _note_finished_elsewhere(store, study.runs(), args)
+    _note_finished_elsewhere(store, c.run_ids, args)
     return 0
 
 
@@ -273,12 +272,10 @@ def cmd_clean(study: Study, store: RunStore, args: argparse.Namespace) -> int:
         print(f"would delete {len(victims)} run directories" + (f" ({len(shared)} shared with other studies)" if shared else ""))
         return 0
     if not args.yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("clean: not a terminal; pass --yes to delete without asking")
         question = f"delete these {len(victims)} run directories"
         if shared:
             question += f", {len(shared)} of them listed by other studies under {store.root} too"
-        if input(question + "? [y/N] ").strip().lower() not in ("y", "yes"):
+        if not _confirm(question + "? [y/N] ", "delete without asking"):
             print("nothing deleted")
             return 0
     elif shared:  # --yes answers for this study's runs, never for another study's
@@ -317,21 +314,24 @@ def _clean_locks(store: RunStore, ids: set[str], args: argparse.Namespace) -> in
         print(f"  {rid}: locked by {describe(info)} ({why})")
     n = len(found)
     if args.dry_run:
-        print(f"would remove {n} lock file{'s' if n != 1 else ''}")
+        print(f"would remove {counted(n, 'lock file')}")
         return 0
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("clean: not a terminal; pass --yes to remove the locks without asking")
-        question = (f"remove these {n} lock file{'s' if n != 1 else ''}? If one of those processes still runs, "
-                    f"its run may then be trained twice [y/N] ")
-        if input(question).strip().lower() not in ("y", "yes"):
-            print("no lock removed")
-            return 0
+    if not args.yes and not _confirm(f"remove these {counted(n, 'lock file')}? If one of those processes still "
+                                     f"runs, its run may then be trained twice [y/N] ", "remove the locks without asking"):
+        print("no lock removed")
+        return 0
     removed = sum(remove_if_unchanged(store.run_dir(rid), info) for rid, info in found)
-    print(f"removed {removed} lock file{'s' if removed != 1 else ''}"
+    print(f"removed {counted(removed, 'lock file')}"
           + (f"; {n - removed} changed meanwhile, left alone" if removed < n else "")
           + ("; launching again resumes those runs" if removed else ""))
     return 0
+
+
+def _confirm(question: str, what: str) -> bool:
+    """Ask ``question`` on the terminal (yes: True); without a terminal, one line: pass --yes."""
+    if not sys.stdin.isatty():
+        raise ConfigError(f"clean: not a terminal; pass --yes to {what}")
+    return input(question).strip().lower() in ("y", "yes")
 
 
 COMMANDS = {"plan": cmd_plan, "launch": cmd_launch, "status": cmd_status, "collect": cmd_collect,

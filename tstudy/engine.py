@@ -31,8 +31,8 @@ from tstudy.lock import LockHeld, RunLock
 from tstudy.methods import build as build_method
 from tstudy.models import build_model
 from tstudy.planning import pack_key
-from tstudy.store import (DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunState, RunStore, parquet_intact, set_aside,
-                          write_status)
+from tstudy.store import (DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunState, RunStore, log_line, parquet_intact,
+                          set_aside, write_status)
 
 PACK_MODES = ("auto", "sequential", "network")
 
@@ -228,12 +228,12 @@ def _repair(cfg: RunConfig, store: RunStore, d: Path) -> None:
         for p in d.iterdir():
             if p.is_file() and p.name not in ("lock", "slurm.json"):
                 os.replace(p, aside / p.name)
-        _log(d, f"config.json did not match run {cfg.run_id}; old files set aside in {aside.name}/")
+        log_line(d, f"config.json did not match run {cfg.run_id}; old files set aside in {aside.name}/")
     if not (d / "config.json").exists():
         atomic.write_json(d / "config.json", cfg.to_dict())
     m = d / "metrics.parquet"
     if m.exists() and not parquet_intact(m):
-        _log(d, f"metrics.parquet corrupt; set aside as {set_aside(m).name}")
+        log_line(d, f"metrics.parquet corrupt; set aside as {set_aside(m).name}")
 
 
 def _ckpt_epoch(d: Path) -> int:
@@ -250,7 +250,7 @@ class _Student:
         self.cfg, self.d, self.data = cfg, store.run_dir(cfg), data
         self.d.mkdir(parents=True, exist_ok=True)
         for line in cfg.warnings():
-            _log(self.d, f"warning: {line}")
+            log_line(self.d, f"warning: {line}")
         device = data.device
         torch.manual_seed(cfg.seed)
         self.model = build_network(cfg, data)
@@ -266,7 +266,7 @@ class _Student:
         self.start, self.rows, self.seconds, self.images = 0, [], 0.0, 0
         ck = load_checkpoint(self.d, cfg.run_id)
         if ck is None and (self.d / "metrics.parquet").exists():
-            _log(self.d, f"no usable checkpoint: starting over; old metrics.parquet set aside as "
+            log_line(self.d, f"no usable checkpoint: starting over; old metrics.parquet set aside as "
                          f"{set_aside(self.d / 'metrics.parquet').name}")
         if ck is not None:
             self.model.load_state_dict(ck["model"])
@@ -324,7 +324,7 @@ class _Student:
             reason = f"non-finite training loss at epoch {epoch} ({bad})"
             atomic.write_parquet(d / "metrics.parquet", rows_frame(self.rows))
             write_status(d, DIVERGED, epoch=epoch, reason=reason, diverged_epoch=epoch)
-            _log(d, f"epoch {epoch}: {reason}")
+            log_line(d, f"epoch {epoch}: {reason}")
             if env.on_epoch:
                 env.on_epoch(cfg, epoch, {**info, "diverged": True})
             (d / "checkpoint.pt").unlink(missing_ok=True)
@@ -342,7 +342,7 @@ class _Student:
         if epoch in cfg.eval_points:
             atomic.write_parquet(d / "metrics.parquet", rows_frame(self.rows))
         write_status(d, "running", epoch=epoch)
-        _log(d, epoch_line(cfg, epoch, info))
+        log_line(d, epoch_line(cfg, epoch, info))
         if env.on_epoch:
             env.on_epoch(cfg, epoch, info)
         return None
@@ -430,7 +430,7 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
                 step = group_step(group, pack, teacher, data, epoch, graphs=False)
         if device.type == "cuda" and epoch == start + 1 and step.fallback != "off":
             for s in group:
-                _log(s.d, step.note())
+                log_line(s.d, step.note())
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -498,7 +498,7 @@ def _use_graphs(env: RunEnv, group: list[_Student], pack: "_PackedGroup | None",
     blockers = graph_blockers(device, group[0].cfg.optimizer, [s.method for s in group], models)
     if blockers and log:
         for s in group:
-            _log(s.d, f"eager steps: no CUDA graph ({'; '.join(blockers)})")
+            log_line(s.d, f"eager steps: no CUDA graph ({'; '.join(blockers)})")
     return not blockers
 
 
@@ -511,10 +511,10 @@ def _build_pack(group: list[_Student], data: DeviceData) -> "_PackedGroup | None
         pack = _PackedGroup(group, data)
     except PackError as e:
         for s in group:
-            _log(s.d, f"cannot train as a packed network ({e}); training the {len(group)} runs in turn")
+            log_line(s.d, f"cannot train as a packed network ({e}); training the {len(group)} runs in turn")
         return None
     for s in group:
-        _log(s.d, f"training as one packed network of {len(group)} runs ({pack.net.impl})")
+        log_line(s.d, f"training as one packed network of {len(group)} runs ({pack.net.impl})")
     return pack
 
 
@@ -642,11 +642,6 @@ def epoch_line(cfg: RunConfig, epoch: int, info: dict) -> str:
             f"lr {info['lr']:.4g} {info['images_per_s']:.0f} img/s")
 
 
-def _log(d: Path, line: str) -> None:
-    with open(d / "log.txt", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
-
-
 def rows_frame(rows: list[dict]):
     import pandas as pd
 
@@ -667,6 +662,6 @@ def load_checkpoint(d: Path, run_id: str) -> dict | None:
         return ck
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint
         bad = set_aside(path)
-        _log(d, f"checkpoint unreadable ({type(e).__name__}: {e}); set aside as {bad.name}, restarting")
+        log_line(d, f"checkpoint unreadable ({type(e).__name__}: {e}); set aside as {bad.name}, restarting")
         return None
 

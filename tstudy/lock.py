@@ -60,7 +60,7 @@ def on_this_host(info: dict | None) -> bool:
 
 def held_by_me(info: dict | None) -> bool:
     """True when this very process owns the lock."""
-    return bool(info) and info.get("host") == socket.gethostname() and info.get("pid") == os.getpid()
+    return on_this_host(info) and info.get("pid") == os.getpid()  # type: ignore[union-attr]
 
 
 def is_stale(info: dict | None) -> bool:

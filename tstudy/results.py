@@ -77,6 +77,7 @@ class Collected:
     runs: int  # runs in the table
     read: int = 0  # metrics files read
     reused: int = 0  # runs taken from the previous table
+    run_ids: tuple[str, ...] = ()  # every run of the study, in its order
 
 
 @dataclass
@@ -130,6 +131,7 @@ def _collect(study: Study, store: RunStore, manifest: Manifest | None = None, ta
     file found unreadable is not tried again while unchanged."""
     now_ns = time.time_ns()  # when the files are looked at
     runs = study.runs()
+    ids = tuple(r.run_id for r in runs)
     teacher_ids = {t.run_id for t in study.teachers(runs)}
     present = set(os.listdir(store.runs_dir)) if store.runs_dir.is_dir() else set()
     skipped: dict[int, str] = {}
@@ -156,7 +158,7 @@ def _collect(study: Study, store: RunStore, manifest: Manifest | None = None, ta
     if manifest and all(r.cached for r in todo) and [_key(r) for r in todo] == [
             (e.run_id, e.role, e.status, e.epoch) for e in manifest.runs.values()]:
         n = sum(e.n for e in manifest.runs.values())
-        return Collected(None, _lines(skipped), n, len(todo), 0, len(todo)), ()
+        return Collected(None, _lines(skipped), n, len(todo), 0, len(todo), ids), ()
 
     import pandas as pd
 
@@ -181,7 +183,7 @@ def _collect(study: Study, store: RunStore, manifest: Manifest | None = None, ta
                     diverged_epoch=r.state.epoch if r.state.status == DIVERGED else None)
         parts.append(RunPart(r.rows, cols))
     df = assemble(metrics, parts)
-    collected = Collected(df, _lines(skipped), len(df), len(kept), len(fresh), reused)
+    collected = Collected(df, _lines(skipped), len(df), len(kept), len(fresh), reused, ids)
     if table is None:
         return collected, ()
     entries, dtypes = _entries(kept, metrics, now_ns)

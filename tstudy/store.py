@@ -300,13 +300,7 @@ def settled(stamp: Iterable[list[int] | None], now_ns: int) -> bool:
 
 def files_stamp(d: str | Path, names: Iterable[str] = STATE_FILES) -> list[list[int] | None]:
     """The :func:`stat_key` of each file in ``d`` (None where absent)."""
-    out: list[list[int] | None] = []
-    for name in names:
-        try:
-            out.append(list(stat_key(os.stat(os.path.join(d, name)))))
-        except FileNotFoundError:
-            out.append(None)
-    return out
+    return [None if (st := _stat(os.path.join(d, name))) is None else list(stat_key(st)) for name in names]
 
 
 def parquet_intact(path: str | Path) -> bool:

@@ -5,7 +5,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from tstudy.config import RunConfig
-from tstudy.executors.workers import EnvSpec, Progress, run_packs
+from tstudy.executors.workers import SKIPPED, EnvSpec, Progress, run_packs
 from tstudy.planning import Plan, make_plan, states_with_teachers
 from tstudy.store import RunStore
 
@@ -26,7 +26,7 @@ def run_local(runs: Sequence[RunConfig], store: RunStore, env: Any, progress: bo
     ``before`` (the preflight checks) runs while the worker processes start, before any run."""
     out = out or sys.stderr
     plan = local_plan(runs, store, pack)
-    results = {rid: "skipped" for rid, _ in plan.blocked}
+    results = {rid: SKIPPED for rid, _ in plan.blocked}
     for rid, why in plan.blocked:
         print(f"{rid}: skipped, {why}", file=out)
     spec = EnvSpec(env.device, env.data_root, env.pack_mode, env.cuda_graphs)

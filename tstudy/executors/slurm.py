@@ -458,7 +458,6 @@ def launch(study: Any, store: RunStore, args: argparse.Namespace, out=None) -> i
     return 0
 
 
-
 def print_plan(arrays: Sequence[ArrayPlan], live: Mapping[str, str], opts: SlurmOptions, study: str, out,
                per_array: int = 5) -> None:
     """The arrays ``launch`` would submit (the first ``per_array`` jobs of each) and the sbatch options."""
