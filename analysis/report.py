@@ -9,8 +9,11 @@ Written under ``<root>/<study>/``: ``figures/<name>.pdf`` (TrueType fonts) and `
   teacher profile on disk),
 * ``relational`` — Fig. 5 (KD and at least one of ls / kd_shuffled / kd_topk / tckd / nckd),
 
-``tables/best_temperature.csv`` and ``tables/teacher_entropy.csv``, and ``report.md`` embedding
-the PNGs with both tables and a line on what was run (and what is missing or failed).
+``tables/recommendation.json`` (``tstudy recommend --json``'s records), ``tables/best_temperature.csv``
+and ``tables/teacher_entropy.csv``, and ``report.md``: it opens with the recommendation (how T was
+selected, the table, one sentence per setting and method), then what was run (and what is missing
+or failed), the figures, expected best accuracy against the number of temperatures tried, and
+the other tables.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Callable
 
 import pandas as pd
 
-from analysis import figures, style, tables
+from analysis import figures, recommend, style, tables
 from analysis.profiles import study_profiles
 from analysis.tables import best_temperature_table  # noqa: F401  (kept importable from here)
 from tstudy import atomic
@@ -71,6 +74,28 @@ def _what_was_run(study: Study, store: RunStore, df: pd.DataFrame) -> str:
         line += (f"\n\n{counted(n_div, 'diverged run')} {'is' if n_div == 1 else 'are'} marked with red crosses in the "
                  "figures (not in the means).")
     return line + "\n"
+
+
+def _recommendation(records: list[dict]) -> str:
+    if not records:
+        return "No finished student run uses a temperature: nothing to recommend.\n"
+    sel = records[0]["select"]
+    return (recommend.selection_statement(records, sel) + " P(best): share of joint resamples of the seeds in "
+            "which T has the highest mean; near-best: the temperatures no other is significantly better than "
+            "(pairwise paired t-tests, Holm-corrected, 5 %); Δ: paired differences at the recommended T "
+            "(`tstudy recommend` prints the same; `--json` for machines).\n\n"
+            + tables.md_table(recommend.records_table(records)) + "\n"
+            + "\n".join(f"- {r['sentence']}" for r in records) + "\n")
+
+
+def _expected_best_table(records: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        row = {k: figures._fmt(v) for k, v in r["setting"].items()}
+        row["method"] = r["method"]
+        row.update({f"n={i}": f"{v:.2f}" for i, v in enumerate(r["expected_best"], 1) if v is not None})
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("-")
 
 
 def write_report(study: Study, store: RunStore) -> list[Path]:
@@ -126,6 +151,12 @@ def write_report(study: Study, store: RunStore) -> list[Path]:
             "KD, entropy-matched label smoothing, shuffled non-target, top-k, TCKD-only and NCKD-only "
             "students across temperatures.", lambda: figures.relational(df))
 
+    try:
+        records = recommend.recommend(df, reference_T=study.reference_temperature)
+    except Exception as e:  # noqa: BLE001 - the figures and tables are still worth writing
+        warnings.warn(f"recommendation: {type(e).__name__}: {e}")
+        problems.append(f"- the recommendation could not be computed: {type(e).__name__}: {e}")
+        records = []
     best = tables.best_temperature_table(df)
     entropy = tables.teacher_entropy_table(profiles, temps) if profiles else pd.DataFrame()
     tdir = store.study_dir / "tables"
@@ -135,16 +166,28 @@ def write_report(study: Study, store: RunStore) -> list[Path]:
             p = tdir / f"{name}.csv"
             atomic.write_bytes(p, t.to_csv(index=False).encode())
             paths.append(p)
+    if records:
+        tdir.mkdir(parents=True, exist_ok=True)
+        p = tdir / "recommendation.json"
+        atomic.write_bytes(p, (recommend.render(records, as_json=True) + "\n").encode())
+        paths.append(p)
 
     lines = [f"# {study.name}\n", study.description.strip() + "\n" if study.description else "",
+             "## Recommended temperature\n", _recommendation(records),
              "## What was run\n", _what_was_run(study, store, df)]
     for heading, png, caption in sections:
         lines.append(f"## {heading}\n\n![{heading}]({png})\n\n{caption}\n")
     if problems:
         lines.append("## Problems\n\n" + "\n".join(problems) + "\n")
-    lines.append("## Best temperature per setting\n\nFinal test acc1, mean ± std over seeds; the runner-up "
-                 "temperature, and whether the two mean ± std intervals overlap.\n")
+    lines.append("## Best temperature per setting by the mean (descriptive)\n\nFinal test acc1, mean ± std over "
+                 "seeds; the runner-up temperature, and whether the two mean ± std intervals overlap. Overlapping "
+                 "bands do not mean \"no difference\": the paired analysis above is the evidence.\n")
     lines.append(tables.md_table(tables.format_best_table(best)))
+    if records:
+        lines.append("## Expected best accuracy vs the number of temperatures tried\n\nDodge et al. (2019): the "
+                     "expected best accuracy (on the split that selects T) after trying n temperatures of this grid, "
+                     "one seed each, drawn at random; where it flattens, a larger grid is not worth it.\n")
+        lines.append(tables.md_table(_expected_best_table(records)))
     if len(entropy):
         lines.append("## Teacher softmax entropy per temperature\n\nMean over the training samples of the "
                      "entropy of σ(v/T) (nats; log C is the uniform distribution's), and the label-smoothing "

@@ -174,33 +174,42 @@ def near_best(m: pd.DataFrame, alpha: float = 1 - LEVEL) -> list[float]:
     return [float(t) for k, t in enumerate(ts) if k not in beaten and np.isfinite(means.iloc[k])]
 
 
-def _vertex(temps: np.ndarray, means: np.ndarray) -> float:
-    """The log2-T optimum of the parabola through the best grid point and its neighbours; the grid
-    point itself at an edge of the grid or where the three points are not concave."""
-    b = int(np.nanargmax(means))
-    if b == 0 or b == len(temps) - 1:
-        return float(temps[b])
-    x = np.log2(temps[b - 1:b + 2])
-    y = means[b - 1:b + 2]
-    a2, a1, _ = np.polyfit(x, y, 2)
-    if a2 >= 0:
-        return float(temps[b])
-    return float(2 ** np.clip(-a1 / (2 * a2), x[0], x[2]))
+def _vertices(temps: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Per row of ``means`` (rows × temperatures): the log2-T optimum of the parabola through the
+    best grid point and its two neighbours, clipped to them; the grid point itself at an edge of
+    the grid or where the three points are not concave. Returns temperatures."""
+    means = np.atleast_2d(means)
+    x = np.log2(temps)
+    b = np.nanargmax(means, axis=1)
+    out = x[b].copy()
+    inner = (b > 0) & (b < len(x) - 1)
+    if inner.any():
+        i = b[inner]
+        r = np.arange(len(means))[inner]
+        x0, x1, x2 = x[i - 1], x[i], x[i + 1]
+        y0, y1, y2 = means[r, i - 1], means[r, i], means[r, i + 1]
+        s01, s12 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+        a2 = (s12 - s01) / (x2 - x0)
+        a1 = s01 - a2 * (x0 + x1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = np.where(a2 < 0, np.clip(-a1 / (2 * a2), x0, x2), x1)
+        out[inner] = v
+    return 2.0 ** out
 
 
-def smoothed_optimum(m: pd.DataFrame, level: float = LEVEL, resamples: int = 1000) -> Interval:
+def smoothed_optimum(m: pd.DataFrame, level: float = LEVEL, resamples: int = 2000) -> Interval:
     """The temperature at the vertex of a parabola in log2 T through the best mean and its two
     grid neighbours (clipped to them), with a percentile interval over joint resamples of the
     complete units. ``kind`` "none" with fewer than 2 complete units or 3 temperatures
     (``mean`` is then the observed best)."""
     temps = np.asarray([float(t) for t in m.columns])
-    obs = _vertex(temps, m.mean(axis=0).to_numpy(float))
+    obs = float(_vertices(temps, m.mean(axis=0).to_numpy(float))[0])
     c = complete(m)
     if len(c) < 2 or len(temps) < 3:
         return Interval(obs, obs, obs, len(c), "none")
     a = c.to_numpy(float)
     idx = _rng().integers(0, len(a), (resamples, len(a)))
-    draws = np.log2([_vertex(temps, row) for row in a[idx].mean(axis=1)])
+    draws = np.log2(_vertices(temps, a[idx].mean(axis=1)))
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
     return Interval(obs, float(2 ** lo), float(2 ** hi), len(c), "bootstrap")
 

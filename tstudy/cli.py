@@ -1,4 +1,4 @@
-"""`tstudy plan|launch|status|collect|figures|clean STUDY_FILE`: a study's life from the shell;
+"""`tstudy plan|launch|status|collect|figures|recommend|clean STUDY_FILE`: a study's life from the shell;
 `tstudy migrate ROOT`: move a root of the per-study layout to the shared run store."""
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     cmd("status", "state of each run, read from disk").add_argument("--all", action="store_true")
     cmd("collect", "write <root>/<study>/results.parquet")
     c = cmd("figures", "collect, then write the figures and report.md")
+    c = cmd("recommend", "collect, then recommend T per setting and method, with its uncertainty")
+    c.add_argument("--by", metavar="FIELD,...", help="the fields that define a setting (default: those that vary)")
+    c.add_argument("--select", choices=("final", "best", "val"),
+                   help="choose T by the last epoch's test accuracy (final), each run's best epoch (best), or the "
+                        "validation split (val); default: val if the study has one, else final")
+    c.add_argument("--reference-T", type=float, default=None, metavar="T",
+                   help="KD's reference temperature for the gains (default: the study's, else 4)")
+    c.add_argument("--json", action="store_true", help="one JSON record per setting and method")
     c = cmd("clean", "delete incomplete and failed runs (asks first)")
     c.add_argument("--yes", action="store_true", help="do not ask")
     c.add_argument("--dry-run", action="store_true", help="print what would be deleted")
@@ -249,6 +257,24 @@ def cmd_figures(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(study: Study, store: RunStore, args: argparse.Namespace) -> int:
+    import contextlib
+
+    import pandas as pd
+
+    from analysis.recommend import parse_by, recommend, render
+    from tstudy.results import RESULTS
+
+    by = parse_by(args.by)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the recommendation (JSON with --json)
+        cmd_collect(study, store, args)
+    path = store.study_dir / RESULTS
+    df = pd.read_parquet(path) if path.exists() else pd.DataFrame()
+    ref = args.reference_T if args.reference_T is not None else study.reference_temperature
+    print(render(recommend(df, by, args.select, ref), args.json))
+    return 0
+
+
 def cmd_clean(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     ids = {r.run_id for r in study.runs()}
     if args.stale_locks:
@@ -335,7 +361,7 @@ def _confirm(question: str, what: str) -> bool:
 
 
 COMMANDS = {"plan": cmd_plan, "launch": cmd_launch, "status": cmd_status, "collect": cmd_collect,
-            "figures": cmd_figures, "clean": cmd_clean}
+            "figures": cmd_figures, "recommend": cmd_recommend, "clean": cmd_clean}
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ class Study:
     for methods other than the base's; a method from an axis that takes no teacher (``ce``) drops
     the base's teacher. ``where(cfg) -> bool`` filters; ``derive(cfg) -> cfg``
     adjusts a run after the axes are applied. ``options`` holds executor options (e.g. SLURM).
+    ``reference_temperature`` is KD's reference T against which ``tstudy recommend`` reports gains.
     """
 
     name: str
@@ -46,6 +47,7 @@ class Study:
     derive: Callable[[RunConfig], RunConfig] | None = None
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
+    reference_temperature: float = 4.0  # KD's reference T for the gains `tstudy recommend` reports
     source: str | None = None  # the study file, set by load_study
 
     def __post_init__(self) -> None:
@@ -83,6 +85,10 @@ class Study:
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"seeds: duplicate seeds in {seeds}")
         self.seeds = tuple(seeds)
+        ref = self.reference_temperature
+        if isinstance(ref, bool) or not isinstance(ref, (int, float)) or not 0 < ref < float("inf"):
+            raise ConfigError(f"reference_temperature: expected a number > 0, got {ref!r}")
+        self.reference_temperature = float(ref)
         check_options(self.options)
 
     # ----------------------------------------------------------------- expansion
