@@ -36,7 +36,7 @@ from tstudy import losses as L
 # ``teacher_init`` is derived here from the teacher rows (scratch / imagenet-finetuned teacher).
 SETTING_COLUMNS = ["dataset", "labels", "image_size", "teacher_model", "teacher_init", "model", "init",
                    "optimizer", "lr", "momentum", "nesterov", "batch_size", "epochs", "schedule", "milestones",
-                   "gamma", "warmup_epochs", "weight_decay", "precision", "augment"]
+                   "gamma", "warmup_epochs", "weight_decay", "precision", "augment", "val_fraction"]
 TEACHER_COLUMNS = ("teacher_model", "teacher_init", "teacher_id")
 OPTIM_COLUMNS = ("optimizer", "lr", "weight_decay", "momentum", "batch_size", "schedule")
 SPREAD = "mean ± std over seeds"

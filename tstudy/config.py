@@ -25,8 +25,16 @@ SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 AUGMENTS = ("none", "crop_flip")
 LABELS = ("fine", "coarse")
-# Fields that define the data a run sees; a teacher must share them with its students.
-DATA_FIELDS = ("dataset", "labels", "image_size")
+# Fields that define the data a run trains on; a trained teacher must share them with its students.
+# ``val_fraction`` is one: the validation images are held out from everything that shapes a student,
+# its teacher included (a teacher trained on them would carry them into the student's soft targets).
+DATA_FIELDS = ("dataset", "labels", "image_size", "val_fraction")
+# Fields that fix a run's initial weights (architecture, classes, input, init, seed) and the batches
+# it sees (training set, augmentation, batch size, seed: each epoch's order and augmentation are
+# drawn from (seed, epoch)). Runs equal in them are *paired*, whatever their loss side (method,
+# temperature, parameters), teacher, optimizer, schedule, precision or duration (a shorter run's
+# batches are the first epochs of a longer one's). ``RunConfig.pair_id`` hashes them.
+PAIR_FIELDS = DATA_FIELDS + ("augment", "batch_size", "model", "init", "seed")
 ID_LENGTH = 16
 # Upper bounds: far beyond any real study, so a larger value is a typo (or cannot be computed).
 MAX_TEMPERATURE = 1000.0  # above it the softened softmax is uniform to float32 precision
@@ -34,6 +42,9 @@ MAX_EPOCHS = 100_000  # the usual KD schedule is 240 epochs, the longest publish
 MAX_BATCH_SIZE = 65_536  # the largest batches of the large-batch literature (64k)
 MAX_IMAGE_SIZE = 1024  # the training set is held in memory as uint8 at this size
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit integers
+# A validation split larger than half the training set would train on less than it holds out (a
+# typo, e.g. 10 for 10 %); at most half also leaves every class of 2+ images one to train on.
+MAX_VAL_FRACTION = 0.5
 
 
 def _canonical_json(obj: Any) -> str:
@@ -123,6 +134,8 @@ class RunConfig:
     ``milestones`` are epochs, or fractions of ``epochs`` when all lie in (0, 1); an integral
     value is stored as an int (150.0 -> 150), so both spellings are one run.
     ``eval_epochs`` are evaluated in addition to the last epoch, which always is.
+    ``val_fraction`` of each class's training images are held out as a validation split
+    (``tstudy.data.validation``: the same images for every seed), evaluated with the test set.
     """
 
     dataset: str = "digits"
@@ -149,8 +162,9 @@ class RunConfig:
     seed: int = 0
     precision: str = "fp32"
     augment: str | None = None
+    val_fraction: float = 0.0
 
-    _FLOATS: ClassVar[tuple[str, ...]] = ("temperature", "lr", "momentum", "weight_decay", "gamma")
+    _FLOATS: ClassVar[tuple[str, ...]] = ("temperature", "lr", "momentum", "weight_decay", "gamma", "val_fraction")
     _INTS: ClassVar[tuple[str, ...]] = ("image_size", "warmup_epochs", "batch_size", "epochs", "seed")
 
     # ----------------------------------------------------------------- construction
@@ -255,6 +269,8 @@ class RunConfig:
              f"the longest published ~10,000; a larger value is a typo), got {self.epochs}")
         need(0 <= self.warmup_epochs < self.epochs,
              f"warmup_epochs: must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        need(finite("val_fraction", self.val_fraction) and 0 <= self.val_fraction <= MAX_VAL_FRACTION,
+             f"val_fraction: expected a number in [0, {MAX_VAL_FRACTION:g}], got {self.val_fraction!r}")
         need(0 <= self.seed <= MAX_SEED, f"seed: must be in 0..2**63-1 (torch seeds are 64-bit), got {self.seed}")
         for e in self.eval_epochs:
             need(1 <= e <= self.epochs, f"eval_epochs: epoch {e} is outside 1..epochs={self.epochs}")
@@ -303,6 +319,12 @@ class RunConfig:
     @cached_property
     def run_id(self) -> str:
         return _short_hash(self._canonical)
+
+    @property
+    def pair_id(self) -> str:
+        """A short hash of the run's :data:`PAIR_FIELDS`: runs with equal ``pair_id`` start from
+        identical weights and see identical batches (``tests/test_paired_design.py``)."""
+        return _short_hash({k: v for k, v in self._canonical.items() if k in PAIR_FIELDS})
 
     def to_dict(self) -> dict:
         """All fields, JSON-ready (teacher nested), for config.json."""

@@ -20,11 +20,20 @@ class DeviceData:
         self.train_y = splits.train_y.to(device)
         self.test_x = splits.test_x.to(device)
         self.test_y = splits.test_y.to(device)
+        self.val_x = None if splits.val_x is None else splits.val_x.to(device)
+        self.val_y = None if splits.val_y is None else splits.val_y.to(device)
         c = splits.in_channels
         self.mean = torch.tensor(splits.mean, device=device).view(1, c, 1, 1) * 255.0
         self.std = torch.tensor(splits.std, device=device).view(1, c, 1, 1) * 255.0
         self.num_classes = splits.num_classes
         self.channels_last = device.type == "cuda"
+
+    def eval_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The splits evaluated at each evaluation point: train, test, and val when there is one."""
+        out = {"train": (self.train_x, self.train_y), "test": (self.test_x, self.test_y)}
+        if self.val_x is not None:
+            out["val"] = (self.val_x, self.val_y)
+        return out
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() - self.mean) / self.std

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from tstudy import atomic, provenance
-from tstudy.config import RunConfig, TeacherFile, WeightsFile
+from tstudy.config import DATA_FIELDS, RunConfig, TeacherFile, WeightsFile
 from tstudy.cuda_graph import GRAPH_MODES, StepGraph, graph_blockers
 from tstudy.data import load_dataset
+from tstudy.data.validation import with_validation
 from tstudy.device_data import DeviceData, step_seed
 from tstudy.evaluation import autocast, evaluate
 from tstudy.teacher_profile import teacher_train_logits, write_teacher_profile
@@ -31,8 +32,8 @@ from tstudy.lock import LockHeld, RunLock
 from tstudy.methods import build as build_method
 from tstudy.models import build_model
 from tstudy.planning import pack_key
-from tstudy.store import (DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunState, RunStore, log_line, parquet_intact,
-                          set_aside, write_status)
+from tstudy.store import (DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunState, RunStore, final_acc1, log_line,
+                          parquet_intact, set_aside, write_status)
 
 PACK_MODES = ("auto", "sequential", "network")
 
@@ -68,10 +69,10 @@ class RunEnv:
             raise ConfigError(f"cuda_graphs: unknown value {self.cuda_graphs!r}; valid: {', '.join(GRAPH_MODES)}")
 
     def data(self, cfg: RunConfig) -> "DeviceData":
-        key = (cfg.dataset, cfg.labels, cfg.image_size)
+        key = tuple(getattr(cfg, name) for name in DATA_FIELDS)
         if key not in self._data:
             splits = load_dataset(cfg.dataset, self.data_root, image_size=cfg.image_size, labels=cfg.labels)
-            self._data[key] = DeviceData(splits, torch.device(self.device))
+            self._data[key] = DeviceData(with_validation(splits, cfg.val_fraction), torch.device(self.device))
         return self._data[key]
 
 
@@ -331,10 +332,12 @@ class _Student:
             return RunState(DIVERGED, epoch, reason)
         data = self.data
         if epoch in cfg.eval_points:
-            for split, (x, y) in {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}.items():
+            acc1 = {}
+            for split, (x, y) in data.eval_splits().items():
                 self.rows.append({"epoch": epoch, "split": split, **evaluate(self.model, data, x, y, cfg.precision),
                                   **info, **self.static})
-            info.update({"test_acc1": self.rows[-1]["acc1"], "train_acc1": self.rows[-2]["acc1"]})
+                acc1[f"{split}_acc1"] = self.rows[-1]["acc1"]
+            info.update(test_acc1=acc1.pop("test_acc1"), **acc1)
         atomic.torch_save(d / "checkpoint.pt", {
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "method": self.method.state_dict(), "rows": self.rows, "seconds": self.seconds,
@@ -353,8 +356,8 @@ class _Student:
         if cfg.method == "ce" and cfg.teacher is None:
             write_teacher_profile(d, self.model, self.data, cfg.precision)
         final = {r["split"]: r["acc1"] for r in self.rows if r["epoch"] == cfg.epochs}
-        write_status(d, DONE, epoch=cfg.epochs, test_acc1=final.get("test"), train_acc1=final.get("train"),
-                     wall_time_s=self.seconds, images_per_s=self.images / max(self.seconds, 1e-9))
+        write_status(d, DONE, epoch=cfg.epochs, **final_acc1(final), wall_time_s=self.seconds,
+                     images_per_s=self.images / max(self.seconds, 1e-9))
         (d / "checkpoint.pt").unlink(missing_ok=True)
         return RunState(DONE, cfg.epochs)
 
@@ -637,7 +640,7 @@ class _PackedGroup:
 
 def epoch_line(cfg: RunConfig, epoch: int, info: dict) -> str:
     """The one-line summary of an epoch, for run logs and job logs."""
-    acc = f" test_acc1 {info['test_acc1']:.2f}" if "test_acc1" in info else ""
+    acc = "".join(f" {k} {info[k]:.2f}" for k in ("test_acc1", "val_acc1") if k in info)
     return (f"{cfg.run_id} epoch {epoch}/{cfg.epochs} loss {info['train_loss']:.4f}{acc} "
             f"lr {info['lr']:.4g} {info['images_per_s']:.0f} img/s")
 

@@ -39,8 +39,9 @@ __all__ = ["RESULTS", "MANIFEST", "KEY", "Collected", "collect", "update_results
 
 
 def config_columns(cfg: RunConfig, role: str) -> dict:
-    """A run's config flattened into table columns."""
-    out: dict = {"run_id": cfg.run_id, "role": role}
+    """A run's config flattened into table columns; ``pair_id``: runs with equal ids are paired
+    (same initial weights and batches: ``config.PAIR_FIELDS``)."""
+    out: dict = {"run_id": cfg.run_id, "role": role, "pair_id": cfg.pair_id}
     for name in RunConfig.field_names():
         v = getattr(cfg, name)
         if name in ("teacher", "method_params"):

@@ -22,7 +22,7 @@ from tstudy.store import stat_key
 KEY = ["run_id", "epoch", "split"]  # a results table's rows are unique and sorted by these
 
 MANIFEST = "results.manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: the table gained the pair_id and val_fraction columns
 
 
 @dataclass(frozen=True)

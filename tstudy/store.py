@@ -366,8 +366,17 @@ def final_status(d: Path, cfg: RunConfig) -> dict | None:
         return None
     acc = {r["split"]: float(r["acc1"]) for _, r in last.iterrows() if "split" in r and "acc1" in r}
     extra = {k: float(last[k].iloc[-1]) for k in ("wall_time_s", "images_per_s") if k in last}
-    return {"status": DONE, "epoch": cfg.epochs, "test_acc1": acc.get("test"), "train_acc1": acc.get("train"),
-            **extra, "repaired": "rebuilt from model.pt and metrics.parquet"}
+    return {"status": DONE, "epoch": cfg.epochs, **final_acc1(acc), **extra,
+            "repaired": "rebuilt from model.pt and metrics.parquet"}
+
+
+def final_acc1(acc1: dict[str, float]) -> dict[str, float | None]:
+    """A done run's status fields from its last epoch's top-1 accuracy per split: test and train,
+    and val for a run with a validation split."""
+    out = {"test_acc1": acc1.get("test"), "train_acc1": acc1.get("train")}
+    if "val" in acc1:
+        out["val_acc1"] = acc1["val"]
+    return out
 
 
 def repair_status(d: Path, cfg: RunConfig) -> bool:

@@ -21,7 +21,8 @@ from tstudy.registry import Registry
 
 @dataclass
 class DataSplits:
-    """A dataset in memory: train and test images (uint8 NCHW) and labels (int64)."""
+    """A dataset in memory: train and test images (uint8 NCHW) and labels (int64), and the
+    validation split carved from train (:func:`tstudy.data.validation.with_validation`) or None."""
 
     name: str
     train_x: torch.Tensor
@@ -33,6 +34,8 @@ class DataSplits:
     std: tuple[float, ...]
     augment: str = "crop_flip"
     class_names: list[str] | None = field(default=None, repr=False)
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
     @property
     def in_channels(self) -> int:
