@@ -73,6 +73,12 @@ def mean_interval(x: Sequence[float] | np.ndarray, level: float = LEVEL) -> Inte
     return Interval(m, m - half, m + half, n, "t")
 
 
+def clipped(iv: Interval, low: float, high: float) -> Interval:
+    """``iv`` intersected with the range the mean must lie in (e.g. an accuracy's [0, 100]): a t
+    interval from two seeds can reach past 100 %; cutting it there loses no coverage."""
+    return Interval(iv.mean, min(max(iv.low, low), high), max(min(iv.high, high), low), iv.n, iv.kind)
+
+
 def seed_matrix(g: pd.DataFrame, value: str, column: str = "temperature", unit: str | Sequence[str] = "seed"
                 ) -> pd.DataFrame:
     """Rows: pairing units (seeds), columns: ``column`` values (sorted), cells: ``value``
