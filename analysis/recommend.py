@@ -260,10 +260,15 @@ def sentence(r: dict) -> str:
           "from it" if others else "; every other T is significantly worse")
     if r["delta_vs_ce"] is not None:
         s += f"; {_gain(r['delta_vs_ce'], r['delta_vs_ce_ci'])} over the CE student"
-    if r["delta_vs_kd_ref"] is not None and not (r["method"] == "kd" and r["best_temperature"] == r["reference_temperature"]):
+    if r["delta_vs_kd_ref"] is not None and not _is_reference(r):
         s += f"; {_gain(r['delta_vs_kd_ref'], r['delta_vs_kd_ref_ci'])} over KD at T = {_t(r['reference_temperature'])}"
     s += f". T was chosen on {'the validation split' if r['selected_on'] == 'val' else 'the test split (optimistic)'}."
     return s
+
+
+def _is_reference(r: dict) -> bool:
+    """The record is KD at its reference temperature: no gain over itself to report."""
+    return r["method"] == "kd" and r["best_temperature"] == r["reference_temperature"]
 
 
 def _gain(d: float, ci: list[float] | None) -> str:
@@ -302,6 +307,7 @@ def records_table(records: list[dict]) -> pd.DataFrame:
             "Δ vs CE (CI)": "-" if r["delta_vs_ce"] is None else f"{r['delta_vs_ce']:+.2f} ("
             + ("-" if r["delta_vs_ce_ci"] is None else f"{r['delta_vs_ce_ci'][0]:+.2f} to {r['delta_vs_ce_ci'][1]:+.2f}") + ")",
             f"Δ vs KD T={_t(r['reference_temperature'])} (CI)": "-" if r["delta_vs_kd_ref"] is None else
+            "(the reference)" if _is_reference(r) else
             f"{r['delta_vs_kd_ref']:+.2f} (" + ("-" if r["delta_vs_kd_ref_ci"] is None else
                                                f"{r['delta_vs_kd_ref_ci'][0]:+.2f} to {r['delta_vs_kd_ref_ci'][1]:+.2f}") + ")",
             "seeds": str(r["n_seeds"]),
