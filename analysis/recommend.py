@@ -27,9 +27,9 @@ import pandas as pd
 
 from analysis import figures, stats
 from tstudy.errors import ConfigError
+from tstudy.study import REFERENCE_TEMPERATURE as REFERENCE_T
 
 SELECTS = ("final", "best", "val")
-REFERENCE_T = 4.0
 TEACHERLESS = "ce"  # the student without a teacher: the baseline every gain is measured against
 
 

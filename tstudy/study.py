@@ -26,6 +26,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 AxisKey = str | tuple[str, ...]
 
 
+REFERENCE_TEMPERATURE = 4.0  # KD's reference T (the field's habit) for the gains `tstudy recommend` reports
+
+
 @dataclass
 class Study:
     """A named family of runs: ``base`` varied along ``axes`` (cross product) x ``seeds``.
@@ -47,7 +50,7 @@ class Study:
     derive: Callable[[RunConfig], RunConfig] | None = None
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
-    reference_temperature: float = 4.0  # KD's reference T for the gains `tstudy recommend` reports
+    reference_temperature: float = REFERENCE_TEMPERATURE
     source: str | None = None  # the study file, set by load_study
 
     def __post_init__(self) -> None:
