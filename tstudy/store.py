@@ -3,6 +3,7 @@
 Runs are shared by every study under a root: a run is identified by its config alone, so a
 teacher (or any run) that several studies name is trained once. ``<root>/runs/<run_id>/`` holds
 ``config.json``, ``status.json``, ``metrics.parquet`` (all evaluation rows so far),
+``metrics.arrow`` (the final rows for collect, :mod:`tstudy.run_summary`),
 ``checkpoint.pt`` (while training), ``model.pt`` (final weights), ``teacher_profile.npz`` (``ce``
 runs: logits on the un-augmented training set), ``lock`` and ``log.txt``. A study keeps only its
 own outputs under ``<root>/<study>/``: ``study.json`` (its file and the run ids it lists),
