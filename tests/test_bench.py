@@ -61,6 +61,9 @@ def test_bookkeeping_bench_times_every_command_on_a_real_root(tmp_path):
     assert "[51 metrics files read]" in " ".join(cmds["collect_cold"]["tail"])
     assert "[unchanged]" in " ".join(cmds["collect_warm"]["tail"])
     assert "trained for real" in report["how"]
+    from tstudy.run_summary import read_summary
+
+    assert all(read_summary(d) is not None for d in (root / "runs").iterdir())  # copies keep valid summaries
     study = load_study(root / "bookkeeping.py")
     old, skipped = legacy_collect(study, root)
     assert not skipped

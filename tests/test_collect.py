@@ -338,3 +338,28 @@ def test_collect_command_says_what_it_read(tmp_path):
     first, second = run(), run()
     assert first.returncode == 0 and "metrics files read]" in first.stdout and "left out" in first.stdout
     assert second.returncode == 0 and "[unchanged]" in second.stdout
+
+
+def test_a_config_json_without_default_fields_takes_the_fast_check(tmp_path, monkeypatch):
+    """A config.json written before a field existed (val_fraction) lacks it: it counts as its
+    default, as in the run id, so the run is recognised without building its RunConfig."""
+    kd = next(r for r in varied_study().runs() if r.method == "kd" and r.temperature == 1)
+    store = RunStore(tmp_path, "varied")
+    write_run(store, kd)
+    p = store.run_dir(kd) / "config.json"
+    old = kd.to_dict()
+    del old["val_fraction"], old["teacher"]["val_fraction"]
+    p.write_text(json.dumps(old))
+    assert store_module.is_config_of(p, kd)
+    assert RunConfig.from_dict(old).run_id == kd.run_id
+
+    def slow(*a):
+        raise AssertionError("slow path")
+
+    monkeypatch.setattr(RunStore, "check_config", staticmethod(slow))
+    assert RunStore(tmp_path, "varied").state(kd).status == DONE
+    for changed in ({**old, "val_fraction": 0.2}, {**old, "seed": 5}, {**old, "nesterov": 0}):
+        p.write_text(json.dumps(changed))
+        assert not store_module.is_config_of(p, kd)
+    p.write_text(json.dumps({k: v for k, v in old.items() if k != "temperature"}))  # kd's temperature is not its default
+    assert not store_module.is_config_of(p, kd)

@@ -44,7 +44,8 @@ RECIPES = {
     "tiny": ("dict(dataset='digits', model='mlp_l', method='ce', epochs=2)",
              "dict(dataset='digits', model='mlp_s', method='kd', epochs=2, eval_epochs=(1,))"),
 }
-TEMPLATE_FILES = ("status.json", "metrics.parquet", "model.pt", "log.txt", "teacher_profile.npz")
+# metrics.arrow (the run summary) names neither the run nor its directory: its copy stays valid
+TEMPLATE_FILES = ("status.json", "metrics.parquet", "metrics.arrow", "model.pt", "log.txt", "teacher_profile.npz")
 
 
 def study_source(name: str, students: int, recipe: str) -> str:

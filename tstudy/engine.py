@@ -34,6 +34,7 @@ from tstudy.models import build_model
 from tstudy.planning import pack_key
 from tstudy.store import (DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunState, RunStore, final_acc1, log_line,
                           parquet_intact, set_aside, write_status)
+from tstudy.run_summary import write_summary
 
 PACK_MODES = ("auto", "sequential", "network")
 
@@ -324,6 +325,7 @@ class _Student:
             bad = ", ".join(k for k, v in train.items() if not math.isfinite(v))
             reason = f"non-finite training loss at epoch {epoch} ({bad})"
             atomic.write_parquet(d / "metrics.parquet", rows_frame(self.rows))
+            write_summary(d)  # metrics.arrow: the final rows, for collect
             write_status(d, DIVERGED, epoch=epoch, reason=reason, diverged_epoch=epoch)
             log_line(d, f"epoch {epoch}: {reason}")
             if env.on_epoch:
@@ -356,6 +358,7 @@ class _Student:
         if cfg.method == "ce" and cfg.teacher is None:
             write_teacher_profile(d, self.model, self.data, cfg.precision)
         final = {r["split"]: r["acc1"] for r in self.rows if r["epoch"] == cfg.epochs}
+        write_summary(d)  # metrics.arrow: the final rows, for collect
         write_status(d, DONE, epoch=cfg.epochs, **final_acc1(final), wall_time_s=self.seconds,
                      images_per_s=self.images / max(self.seconds, 1e-9))
         (d / "checkpoint.pt").unlink(missing_ok=True)

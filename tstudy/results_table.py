@@ -19,6 +19,7 @@ them takes minutes, so here:
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tstudy.results_manifest import KEY
+from tstudy.run_summary import read_summary
 
 FRONT = ["study", "run_id", "role", "status", "epoch", "split", "acc1", "acc5", "loss"]
 
@@ -62,18 +64,22 @@ class MetricsFrames:
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(counts) else []
         return [Rows(g, int(s), int(n)) for s, n in zip(starts, counts)]
 
-    def read(self, paths: Sequence[str]) -> list[Rows | Exception]:
-        """Read metrics files: per path its :class:`Rows`, or the exception pandas raises for it."""
+    def read(self, paths: Sequence[str], summaries: bool = True) -> list[Rows | Exception]:
+        """Read metrics files: per path its :class:`Rows`, or the exception pandas raises for it.
+        With ``summaries``, a run's valid ``metrics.arrow`` next to its ``metrics.parquet``
+        (:mod:`tstudy.run_summary`: the same arrow table) is read instead of the parquet file."""
         out: list[Rows | Exception | None] = [None] * len(paths)
         kinds: dict[tuple, _Kind] = {}
         nullable: dict[bytes, list[int]] = {}  # per schema: the columns whose dtype a null changes
         for i, path in enumerate(paths):
-            try:
-                with pa.OSFile(path) as f:
-                    t = pq.ParquetFile(f, pre_buffer=False).read(use_threads=False)
-            except Exception:  # noqa: BLE001 - let pandas read it, or say why it cannot
-                out[i] = self._read_one(path)
-                continue
+            t = read_summary(os.path.dirname(path)) if summaries else None
+            if t is None:
+                try:
+                    with pa.OSFile(path) as f:
+                        t = pq.ParquetFile(f, pre_buffer=False).read(use_threads=False)
+                except Exception:  # noqa: BLE001 - let pandas read it, or say why it cannot
+                    out[i] = self._read_one(path)
+                    continue
             schema = t.schema.serialize().to_pybytes()
             cols = nullable.get(schema)
             if cols is None:

@@ -3,6 +3,7 @@
 Runs are shared by every study under a root: a run is identified by its config alone, so a
 teacher (or any run) that several studies name is trained once. ``<root>/runs/<run_id>/`` holds
 ``config.json``, ``status.json``, ``metrics.parquet`` (all evaluation rows so far),
+``metrics.arrow`` (the final rows for collect, :mod:`tstudy.run_summary`),
 ``checkpoint.pt`` (while training), ``model.pt`` (final weights), ``teacher_profile.npz`` (``ce``
 runs: logits on the un-augmented training set), ``lock`` and ``log.txt``. A study keeps only its
 own outputs under ``<root>/<study>/``: ``study.json`` (its file and the run ids it lists),
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from tstudy import atomic
-from tstudy.config import RunConfig
+from tstudy.config import RunConfig, _defaults_of
 from tstudy.errors import ConfigError
 from tstudy.lock import LockHeld, RunLock, held_by_me, is_stale, on_this_host, read_lock
 
@@ -259,14 +260,29 @@ def study_records(root: Path) -> dict[str, dict]:
 
 def is_config_of(path: str | Path, cfg: RunConfig) -> bool:
     """True when the JSON in ``path`` is exactly ``cfg.to_dict()``: the same keys, and values of
-    the same JSON types (``true`` is not ``1``, nor ``1`` ``1.0``). Then it parses back to ``cfg``
-    and hashes to its run id."""
+    the same JSON types (``true`` is not ``1``, nor ``1`` ``1.0``); a field missing from it (a
+    config.json written before the field existed) counts as its default, as in the run id. Then
+    it parses back to ``cfg`` and hashes to its run id."""
     try:
         with open(path, "rb") as f:
             on_disk = json.loads(f.read())
     except (OSError, ValueError):
         return False
-    return _same_json(on_disk, cfg.to_dict())
+    return _same_json(_with_defaults(on_disk), cfg.to_dict())
+
+
+def _with_defaults(d: object) -> object:
+    """A parsed config.json with the fields it lacks set to their defaults (JSON-ready), and so
+    its teacher's when that is a trained run (no ``kind``)."""
+    if type(d) is not dict:
+        return d
+    defaults = _defaults_of(RunConfig)
+    if defaults.keys() - d.keys():
+        d = {**defaults, **d}
+    t = d.get("teacher")
+    if type(t) is dict and "kind" not in t:
+        d = {**d, "teacher": _with_defaults(t)}
+    return d
 
 
 def _same_json(a: object, b: object) -> bool:
