@@ -590,7 +590,8 @@ def early_vs_final(df: pd.DataFrame, early_epoch: int | None = None, value: str 
                                   gid=f"{gid}:band")
                 _best_star(ax_e, es, lk, f"{gid}:best")
                 r_e.append(_range(es["low"], es["high"], es["mean"]))
-        r_f.append(_mark_diverged(ax_f, sel[sel["status"] == "diverged"], ok, value))
+        drawn = ok[ok["run_id"].isin(early_rows["run_id"])] if early else ok
+        r_f.append(_mark_diverged(ax_f, sel[sel["status"] == "diverged"], drawn, value))
         for ax, r in ((ax_e, r_e), (ax_f, r_f)):
             _fit_y([ax], [_union(*r) if r else (math.nan, math.nan)], False)
             _temperature_axis(ax, final["temperature"])

@@ -25,7 +25,8 @@ from tstudy.study import load_study
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies" / "frank_davis"
 STUDY_FILES = ["fig1_methods.py", "fig2_duration_optimizer_batch.py", "fig3_early_vs_final.py",
-               "fig4_softmax_entropy.py", "fig5_relational.py", "teacher_finetune.py", "student_init.py"]
+               "fig4_softmax_entropy.py", "fig5_relational.py", "teacher_finetune.py", "student_init.py",
+               "granularity.py"]
 SEED_OFFSETS = (-1.0, 0.0, 1.0)  # per-seed deviations: mean = base, std (ddof=1) = 1
 
 
@@ -94,6 +95,11 @@ def visible_axes(fig):
     return [ax for ax in fig.axes if ax.get_visible() and ax.get_gid() != "early"]
 
 
+def teacher_text(ax):
+    found = [t.get_text() for t in ax.texts if t.get_gid() == "teacher:text"]
+    return found[0] if found else None
+
+
 KD = {1: 70.0, 2: 74.0, 4: 76.0}
 
 
@@ -115,21 +121,21 @@ def fig1_table():
 
 
 def test_fig1_plots_seed_means_std_references_and_diverged_runs():
-    fig = figures.acc_vs_temperature(fig1_table())
+    fig = figures.acc_vs_temperature(fig1_table(), band="std")
     (ax,) = visible_axes(fig)
     kd = line(ax, "kd")
     np.testing.assert_allclose(kd.get_xdata(), sorted(KD))
     np.testing.assert_allclose(kd.get_ydata(), [KD[t] for t in sorted(KD)])
-    (band,) = artists(ax, "kd:std")
+    (band,) = artists(ax, "kd:band")
     assert all(band_has(band, t, KD[t] - 1, KD[t] + 1) for t in KD)
     np.testing.assert_allclose(line(ax, "dkd").get_ydata(), [60.0, 65.0])
     np.testing.assert_allclose(line(ax, "ce").get_ydata(), [71.0, 71.0])
-    np.testing.assert_allclose(line(ax, "teacher").get_ydata(), [88.0, 88.0])
+    assert teacher_text(ax) == "teacher 88.0 (above)" and not artists(ax, "teacher")  # 88 > the data
     (div,) = artists(ax, "diverged")
     np.testing.assert_allclose(div.get_offsets()[:, 0], [8.0])
     assert ax.get_xscale() == "log"
     (legend,) = fig.legends
-    assert "mean ± std over seeds" in legend.get_title().get_text()
+    assert "± 1 std" in legend.get_title().get_text()
     assert any("diverged" in t.get_text() for t in legend.get_texts())
 
 
@@ -139,8 +145,10 @@ def test_fig1_separates_teachers_that_differ_in_init():
     fig = figures.acc_vs_temperature(frame(rows))
     axes = visible_axes(fig)
     assert len(axes) == 2
-    got = {ax.get_title(): (line(ax, "kd").get_ydata()[0], line(ax, "teacher").get_ydata()[0]) for ax in axes}
-    assert got == {"teacher_init=imagenet": (75.0, 85.0), "teacher_init=scratch": (70.0, 80.0)}
+    got = {ax.get_title(): (line(ax, "kd").get_ydata()[0], teacher_text(ax)) for ax in axes}
+    assert got == {"teacher_init=imagenet": (75.0, "teacher 85.0 (above)"),
+                   "teacher_init=scratch": (70.0, "teacher 80.0 (above)")}
+    assert axes[0].get_ylim() == axes[1].get_ylim()  # teacher_init is SIDE_BY_SIDE: one row, one y-range
 
 
 def test_fig1_students_without_teacher_join_the_panels_of_their_model():
@@ -172,20 +180,22 @@ def test_fig2_one_panel_per_optimizer_and_batch_one_line_per_duration():
             for ep in (10, 20):
                 for T in (1, 4):
                     rows += seeds_rows("kd", T, acc2(opt, bs, ep, T), optimizer=opt, batch_size=bs, epochs=ep)
-    rows += seeds_rows("dkd", 4, 10.0)  # another method: not in the figure (kd is the default)
+    rows += seeds_rows("dkd", 4, 10.0)  # another method: a row of its own
     fig = figures.acc_vs_temperature_by_duration(frame(rows))
-    axes = visible_axes(fig)
-    assert len(axes) == 4
+    axes = [ax for ax in fig.axes if ax.get_gid() == "kd"]
+    assert len(axes) == 4 and len(fig.axes) == 5  # kd: 4 panels; dkd: its one (sgd, 64); no empty slot
+    (dkd,) = [ax for ax in fig.axes if ax.get_gid() == "dkd"]
+    np.testing.assert_allclose(line(dkd, "epochs=10").get_ydata(), [10.0])
     seen = set()
     for ax in axes:
-        key = dict(kv.split("=") for kv in ax.get_title().split(", "))
+        key = dict(kv.split("=") for kv in ax.get_title().split("; ")[1].replace("\n", " ").split(", "))
         opt, bs = key["optimizer"], int(key["batch_size"])
         seen.add((opt, bs))
         for ep in (10, 20):
             ln = line(ax, f"epochs={ep}")
             np.testing.assert_allclose(ln.get_xdata(), [1, 4])
             np.testing.assert_allclose(ln.get_ydata(), [acc2(opt, bs, ep, T) for T in (1, 4)])
-            assert artists(ax, f"epochs={ep}:std")
+            assert artists(ax, f"epochs={ep}:band")
         assert not artists(ax, "dkd")
     assert seen == {("sgd", 64), ("sgd", 256), ("adamw", 64), ("adamw", 256)}
 
@@ -205,27 +215,32 @@ def fig3_table():
     return frame(rows)
 
 
-def test_fig3_final_in_colour_left_earlier_in_grey_on_a_twin_right_axis():
+def test_fig3_early_and_final_side_by_side_no_twin_axis_stars_at_best_T():
     fig = figures.early_vs_final(fig3_table(), early_epoch=5)
-    (ax,) = visible_axes(fig)
-    (twin,) = [a for a in fig.axes if a.get_gid() == "early"]
-    assert twin.get_shared_x_axes().joined(ax, twin) and twin.yaxis.get_label_position() == "right"
-    final, early = line(ax, "kd"), line(twin, "kd@5")
+    assert len(fig.axes) == 2  # no twin axis
+    ax_e, ax_f = fig.axes
+    assert (ax_e.get_gid(), ax_f.get_gid()) == ("early", "final")
+    assert ax_e.get_position().x1 < ax_f.get_position().x0  # early left of final, side by side
+    assert "epoch 5" in ax_e.get_title() and "epoch 10" in ax_f.get_title()
+    final, early = line(ax_f, "kd"), line(ax_e, "kd@5")
     np.testing.assert_allclose(final.get_xdata(), sorted(FINAL))
     np.testing.assert_allclose(final.get_ydata(), [FINAL[t] for t in sorted(FINAL)])
     np.testing.assert_allclose(early.get_xdata(), sorted(EARLY))
     np.testing.assert_allclose(early.get_ydata(), [EARLY[t] for t in sorted(EARLY)])
-    r, g, b, _ = matplotlib.colors.to_rgba(early.get_color())
-    assert r == g == b  # greyscale
-    r, g, b, _ = matplotlib.colors.to_rgba(final.get_color())
-    assert not r == g == b  # colour
-    assert artists(ax, "diverged") and "5" in twin.get_ylabel() and "10" in ax.get_ylabel()
+    assert final.get_color() == early.get_color() and final.get_marker() == early.get_marker()  # one look
+    np.testing.assert_allclose(line(ax_f, "kd:best").get_xydata(), [[4, 74.0]])  # the best T moves
+    np.testing.assert_allclose(line(ax_e, "kd@5:best").get_xydata(), [[1, 50.0]])
+    assert artists(ax_f, "diverged")
+    for ax in fig.axes:  # each panel fits its own data: the early panel is not stretched to the final's
+        lo, hi = ax.get_ylim()
+        ys = line(ax, "kd" if ax is ax_f else "kd@5").get_ydata()
+        assert lo < min(ys) - 1 and hi > max(ys) + 1 and hi - lo < 3 * (max(ys) - min(ys) + 4)
 
 
 def test_fig3_default_early_point_is_the_latest_at_or_before_half_training():
     fig = figures.early_vs_final(fig3_table())
-    (twin,) = [a for a in fig.axes if a.get_gid() == "early"]
-    assert line(twin, "kd@5")
+    (early,) = [a for a in fig.axes if a.get_gid() == "early"]
+    assert line(early, "kd@5")
     assert figures.early_epochs(fig3_table()) == [2, 5]
 
 
@@ -308,7 +323,7 @@ def test_fig5_shows_kd_and_its_relational_ablations_only():
     fig = figures.relational(df)
     (ax,) = visible_axes(fig)
     gids = {l.get_gid() for l in ax.get_lines()}
-    assert gids == {"kd", "ls", "kd_shuffled", "kd_topk(k=5)", "tckd", "nckd", "ce", "teacher"}
+    assert gids == {"kd", "ls", "kd_shuffled", "kd_topk(k=5)", "tckd", "nckd", "ce"}  # teacher (90): a note
     for i, m in enumerate(["kd", "ls", "kd_shuffled", "tckd", "nckd"]):
         np.testing.assert_allclose(line(ax, m).get_ydata(), [61.0 + i, 64.0 + i])
     np.testing.assert_allclose(line(ax, "kd_topk(k=5)").get_ydata(), [51.0, 54.0])
@@ -383,7 +398,7 @@ def test_write_report_writes_every_supported_figure_and_both_tables(tmp_path, lo
     paths = write_report(study, store)
     figs = store.study_dir / "figures"
     stems = ["acc_vs_temperature", "acc_vs_temperature_by_duration", "early_vs_final", "sorted_softmax",
-             "relational"]
+             "relational", "paired_delta"]
     for stem in stems:
         for ext in ("pdf", "png"):
             assert (figs / f"{stem}.{ext}") in paths and (figs / f"{stem}.{ext}").stat().st_size > 0
@@ -443,6 +458,9 @@ def test_frank_davis_pairs_and_plan_prints_the_run_count(tmp_path, capsys):
     assert {str(t.init) for t in tf.teachers()} == {"None", "imagenet"}
     si = load_study(STUDIES / "student_init.py")
     assert {str(r.init) for r in si.students()} == {"None", "imagenet"}
+    gr = load_study(STUDIES / "granularity.py")
+    assert {(r.labels, r.teacher.labels) for r in gr.students()} == {("fine", "fine"), ("coarse", "coarse")}
+    assert {(r.teacher.model, r.model) for r in gr.students()} == pairs
     f3 = load_study(STUDIES / "fig3_early_vs_final.py")
     assert all(r.eval_epochs == (60, 120, 180) for r in f3.students())
     for name in STUDY_FILES:
@@ -470,7 +488,7 @@ def test_end_to_end_launch_then_figures(tmp_path):
     assert main(["launch", str(f), "--root", str(root), "--device", "cpu"]) == 0
     assert main(["figures", str(f), "--root", str(root)]) == 0
     sd = root / "e2e"
-    for stem in ("acc_vs_temperature", "early_vs_final", "sorted_softmax", "relational"):
+    for stem in ("acc_vs_temperature", "early_vs_final", "sorted_softmax", "relational", "paired_delta"):
         assert (sd / "figures" / f"{stem}.png").stat().st_size > 0
         assert (sd / "figures" / f"{stem}.pdf").stat().st_size > 0
     assert not (sd / "figures" / "acc_vs_temperature_by_duration.png").exists()  # one training length
