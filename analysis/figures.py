@@ -355,7 +355,8 @@ def _figure_legend(fig: plt.Figure, title: str, extra: list | None = None, ncol:
 
 
 def _finish(fig: plt.Figure, title: str, legend_title: str, extra: list | None = None, ncol: int = 4) -> None:
-    fig.suptitle(title)
+    width = max(20, int(fig.get_size_inches()[0] * 8))  # characters of the title's size that fit
+    fig.suptitle("\n".join(textwrap.wrap(title, width)))
     fig.tight_layout()
     _figure_legend(fig, legend_title, extra, ncol)
 
@@ -458,7 +459,8 @@ def acc_vs_temperature_by_duration(df: pd.DataFrame, method: str | None = None, 
                                    band: str = "ci") -> plt.Figure:
     """Fig. 2: accuracy vs T for each training length; one row of panels per method (every
     method that uses T, or only ``method``, a method label), one panel per (optimizer, batch
-    size) and any other varying setting (rows of at most 4 panels; no empty slots). Line gids:
+    size) and any other varying setting (rows of at most 4 panels; where every method has a
+    single panel, three methods a row; unused grid slots are removed). Line gids:
     ``"epochs=<E>"``; bands ``"epochs=<E>:band"``; a panel's gid is its method label. The
     y-axis is shared along a row when its panels differ only in optimisation settings."""
     style.apply()
@@ -473,19 +475,21 @@ def acc_vs_temperature_by_duration(df: pd.DataFrame, method: str | None = None, 
         if c not in cols and c in students:
             cols.append(c)
     keys = _panel_keys(students, cols)
-    layout = []
-    for m in methods:
-        mk = [k for k in keys if len(_select(students[students["method_label"] == m], k))]
-        layout += [(m, mk[i:i + 4]) for i in range(0, len(mk), 4)]
+    per = {m: [k for k in keys if len(_select(students[students["method_label"] == m], k))] for m in methods}
+    if all(len(ks) <= 1 for ks in per.values()):  # one panel per method: three methods a row
+        cells = [(m, k) for m, ks in per.items() for k in ks]
+        layout = [cells[i:i + 3] for i in range(0, len(cells), 3)]
+    else:  # a row of panels per method (at most 4 a row)
+        layout = [[(m, k) for k in ks[i:i + 4]] for m, ks in per.items() for i in range(0, len(ks), 4)]
     share = all(c in OPTIM_COLUMNS for c in cols)
-    fig, grid = _row_grid([len(ks) for _, ks in layout])
+    fig, grid = _row_grid([len(r) for r in layout])
     durations = sorted(students["epochs"].dropna().unique())
     colors = dict(zip(durations, sns.color_palette("viridis_r" if len(durations) > 1 else "colorblind",
                                                    max(len(durations), 1))))
     marks = {e: style.MARKERS[i % len(style.MARKERS)] for i, e in enumerate(durations)}
-    for axes, (m, ks) in zip(grid, layout):
+    for axes, row in zip(grid, layout):
         ranges = []
-        for ax, key in zip(axes, ks):
+        for ax, (m, key) in zip(axes, row):
             sel = _select(students[students["method_label"] == m], key)
             ok = sel[sel["status"] == "done"]
             rs = []
@@ -506,8 +510,8 @@ def acc_vs_temperature_by_duration(df: pd.DataFrame, method: str | None = None, 
             ax.set_ylabel(f"student test {value} (%)")
             ax.set_title(_panel_title(key, m), fontsize=8)
             ax.set_gid(m)
-        _fit_y(axes, ranges, share)
-        for ax, key in zip(axes, ks):
+        _fit_y(axes, ranges, share and len({m for m, _ in row}) == 1)
+        for ax, (m, key) in zip(axes, row):
             _teacher(ax, teachers, _select(students[students["method_label"] == m], key), value)
     _finish(fig, "Accuracy vs temperature by training length" + (f" ({method})" if method else ", per method"),
             _legend_title(_max_seeds(students), band))

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import figures, tables
+from analysis import figures, style, tables
 from analysis.profiles import load_profile, study_profiles
 from analysis.report import write_report
 from tstudy import RunConfig, Study
@@ -508,3 +508,184 @@ def test_end_to_end_launch_then_figures(tmp_path):
         np.testing.assert_allclose(line(ax, m).get_ydata(), exp["acc1"].values)
     best = pd.read_csv(sd / "tables" / "best_temperature.csv")
     assert set(best["method_label"]) == {"kd", "ls"}
+
+
+# --------------------------------------------------------------------------- readable figures (issue 14)
+TEMPS11 = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40]
+SEVEN = ["kd", "ctkd", "dtkd", "kd_topk", "ls", "ttm"]
+
+
+def seven_method_table(teacher_acc=98.2, epochs_values=(10,)):
+    """A 241-run-like digits study: 6 methods x 11 T x 3 seeds + ce, a near-perfect teacher, an
+    early evaluation at epoch 5 far below the final accuracy."""
+    rng = np.random.default_rng(0)
+    rows = teacher_rows(acc=teacher_acc)
+    for ep in epochs_values:
+        for i, m in enumerate(SEVEN):
+            for T in TEMPS11:
+                base = 90 - 3 * abs(np.log2(T) - 2 - 0.3 * i) - i - (10 - ep) / 2
+                for s in range(3):
+                    rows += student_rows(m, T, s, base + rng.normal(0, 1), epochs=ep,
+                                         early={5: base - 35 + 4 * np.log2(T) + rng.normal(0, 2)})
+    for s in range(3):
+        rows += student_rows("ce", None, s, 80 + rng.normal(0, 1))
+    return frame(rows)
+
+
+def quickstart_table():
+    """The quickstart's shape: ce + kd at T in {1, 2, 4, 8, 16}, 3 seeds, evaluations at 10 and 20 of 30."""
+    rows = teacher_rows(acc=97.5, epochs=30)
+    for T in (1, 2, 4, 8, 16):
+        for s, off in enumerate(SEED_OFFSETS):
+            rows += student_rows("kd", T, s, 90 + T / 4 + off, epochs=30, early={10: 60 + T + off, 20: 85 + off})
+    for s, off in enumerate(SEED_OFFSETS):
+        rows += student_rows("ce", None, s, 88 + off, epochs=30, early={10: 55.0, 20: 80.0})
+    return frame(rows)
+
+
+def all_figures(df, band="ci"):
+    yield "fig1", figures.acc_vs_temperature(df, band=band)
+    yield "fig3", figures.early_vs_final(df, band=band)
+    yield "delta", figures.paired_delta(df)
+    if figures.supports_relational(df):
+        yield "fig5", figures.relational(df, band=band)
+
+
+@pytest.mark.parametrize("make", [seven_method_table, quickstart_table])
+def test_no_two_texts_of_any_figure_overlap(make):
+    df = make()
+    for name, fig in all_figures(df):
+        fig.set_dpi(60)
+        assert figures.overlapping_texts(fig) == [], name
+        plt.close(fig)
+    dur = seven_method_table(epochs_values=(6, 10))
+    fig = figures.acc_vs_temperature_by_duration(dur)
+    fig.set_dpi(60)
+    assert figures.overlapping_texts(fig) == []
+
+
+def test_overlap_check_sees_overlapping_texts():
+    fig, ax = plt.subplots()
+    ax.text(0.5, 0.5, "one text")
+    ax.text(0.5, 0.5, "another text")
+    assert ("one text", "another text") in figures.overlapping_texts(fig)
+
+
+def test_at_least_28_methods_get_pairwise_distinct_looks_and_keep_them():
+    labels = [f"m{i:02d}" for i in range(28)] + ["ce"]
+    looks = style.looks(labels)
+    distinct = {(lk.color, lk.marker, lk.linestyle) for lab, lk in looks.items() if lab != "ce"}
+    assert len(distinct) == 28
+    assert len({lk.color for lab, lk in looks.items() if lab in labels[:7]}) == 7  # 7 methods: 7 colours
+    assert looks["ce"] == style.REFERENCE_LOOK and looks["ce"].color not in style.OKABE_ITO
+    assert style.looks(reversed(labels)) == looks  # order-independent: same method, same look
+    df = seven_method_table()
+    fig1, fig3 = figures.acc_vs_temperature(df), figures.early_vs_final(df)
+    for m in SEVEN:
+        a, b = line(fig1.axes[0], m), line(fig3.axes[1], m)
+        assert (a.get_color(), a.get_marker(), a.get_linestyle()) == (b.get_color(), b.get_marker(), b.get_linestyle())
+
+
+def test_more_than_six_lines_are_split_into_facets_with_one_y_range():
+    rows = teacher_rows()
+    for i in range(8):
+        for T in (1, 4):
+            rows += seeds_rows(f"m{i}", T, 60.0 + i + T)
+    rows += seeds_rows("ce", None, 55.0)
+    fig = figures.acc_vs_temperature(frame(rows))
+    axes = visible_axes(fig)
+    assert len(axes) == 2
+    per = [{l.get_gid() for l in ax.get_lines()} - {"ce", "teacher"} for ax in axes]
+    assert per[0] | per[1] == {f"m{i}" for i in range(8)} and not per[0] & per[1]
+    assert all(len(p) <= figures.MAX_LINES for p in per)
+    assert all(artists(ax, "ce") for ax in axes) and axes[0].get_ylim() == axes[1].get_ylim()
+
+
+def test_fig2_draws_every_method_and_has_no_empty_axes():
+    fig = figures.acc_vs_temperature_by_duration(seven_method_table(epochs_values=(6, 10)))
+    assert sorted(ax.get_gid() for ax in fig.axes) == sorted(SEVEN)  # one panel per method here
+    for ax in fig.axes:
+        assert ax.get_visible() and artists(ax, "epochs=6") and artists(ax, "epochs=10")
+
+
+def test_teacher_annotation_never_changes_the_y_range():
+    low = seven_method_table(teacher_acc=99.9)
+    fig = figures.acc_vs_temperature(low)
+    ax = fig.axes[0]
+    no_teacher = figures.acc_vs_temperature(low[low["role"] == "student"]).axes[0]
+    assert ax.get_ylim() == no_teacher.get_ylim() and ax.get_ylim()[1] < 99.9
+    assert teacher_text(ax) == "teacher 99.9 (above)" and not artists(ax, "teacher")
+    inside = figures.acc_vs_temperature(seven_method_table(teacher_acc=85.0)).axes[0]
+    assert inside.get_ylim() == ax.get_ylim() and artists(inside, "teacher")  # dashed line where it fits
+    (t,) = [t for t in inside.texts if t.get_gid() == "teacher:text"]
+    assert t.get_position() == (0.02, 0.97) and t.get_transform() == inside.transAxes  # a corner, inside
+
+
+def test_band_ci_is_the_stats_interval_and_std_the_std_and_the_caption_says_which():
+    from analysis import stats
+    df = fig1_table()
+    ci = figures.acc_vs_temperature(df, band="ci")
+    sd = figures.acc_vs_temperature(df, band="std")
+    iv = stats.mean_interval([KD[4] + o for o in SEED_OFFSETS])
+    assert band_has(artists(ci.axes[0], "kd:band")[0], 4, iv.low, iv.high)
+    assert band_has(artists(sd.axes[0], "kd:band")[0], 4, KD[4] - 1, KD[4] + 1)
+    assert "95 % interval" in ci.legends[0].get_title().get_text()
+    assert "± 1 std" in sd.legends[0].get_title().get_text()
+    assert figures.band_caption("ci") != figures.band_caption("std")
+    with pytest.raises(ValueError):
+        figures.acc_vs_temperature(df, band="sem")
+
+
+def test_write_report_band_option_reaches_figures_and_captions(tmp_path):
+    store = RunStore(tmp_path, "q")
+    store.study_dir.mkdir(parents=True)
+    quickstart_table().to_parquet(store.study_dir / RESULTS)
+    study = Study(name="q", base=RunConfig(dataset="digits", model="mlp_s", epochs=2), reference_temperature=2)
+    write_report(study, store, band="std")
+    report = (store.study_dir / "report.md").read_text()
+    assert figures.band_caption("std") in report and figures.band_caption("ci") not in report
+    assert "## Figure 6: paired difference against T = 2" in report and "(figures/paired_delta.png)" in report
+    from tstudy.cli import _parser  # the CLI flag: tstudy figures --band std
+    assert _parser().parse_args(["figures", "s.py", "--band", "std"]).band == "std"
+    assert _parser().parse_args(["figures", "s.py"]).band == "ci"
+
+
+def test_paired_delta_figure_plots_stats_paired_deltas_with_a_zero_line():
+    from analysis import recommend, stats
+    df = seven_method_table()
+    fig = figures.paired_delta(df)
+    ax = fig.axes[0]
+    students = figures.final_test_rows(df).query("role == 'student' and status == 'done'")
+    d = stats.paired_deltas(students, "acc1", recommend.REFERENCE_T, [])
+    for m in SEVEN:
+        g = d[d["method_label"] == m].sort_values("temperature")
+        np.testing.assert_allclose(line(ax, m).get_ydata(), g["delta_mean"])
+        i = list(g["temperature"]).index(8.0)
+        assert band_has(artists(ax, f"{m}:band")[0], 8.0, g["delta_low"].iloc[i], g["delta_high"].iloc[i])
+    np.testing.assert_allclose(line(ax, "zero").get_ydata(), [0, 0])
+    np.testing.assert_allclose(line(ax, "reference").get_xdata(), [4, 4])
+    np.testing.assert_allclose(line(figures.paired_delta(df, 8.0).axes[0], "kd").get_ydata()[5], 0.0)
+
+
+def test_side_by_side_axes_put_values_in_one_row_with_one_y_range():
+    rows = []
+    for lab, acc in (("fine", 70.0), ("coarse", 85.0)):
+        rows += teacher_rows(f"T{lab}", 90.0)
+        for T in (1, 4):
+            rows += seeds_rows("kd", T, acc + T, labels=lab, teacher=f"T{lab}")
+    fig = figures.acc_vs_temperature(frame(rows))
+    a, b = fig.axes
+    assert {a.get_title(), b.get_title()} == {"labels=fine", "labels=coarse"}
+    assert a.get_ylim() == b.get_ylim() and abs(a.get_position().y0 - b.get_position().y0) < 1e-9
+    assert figures.SIDE_BY_SIDE == ["labels", "teacher_init", "init"]
+
+
+def test_missing_setting_values_are_one_value_and_no_rows_are_lost():
+    rows = seeds_rows("kd", 1, 70.0, image_size=None) + seeds_rows("kd", 4, 72.0, image_size=np.nan)
+    rows += seeds_rows("kd", 1, 60.0, image_size=64) + seeds_rows("kd", 4, 62.0, image_size=64)
+    df = frame(rows)
+    st = figures.final_test_rows(df).query("role == 'student'")
+    assert figures.settings(st) == ["image_size"]
+    fig = figures.acc_vs_temperature(df)
+    got = {ax.get_title(): list(line(ax, "kd").get_ydata()) for ax in fig.axes}
+    assert got == {"image_size=64": [60.0, 62.0], "image_size=none": [70.0, 72.0]}
