@@ -278,7 +278,7 @@ def _temperature_axis(ax: plt.Axes, temps: Iterable[float]) -> None:
     ts = sorted({float(t) for t in temps if pd.notna(t)})
     if ts and len(ts) <= 12:
         ax.set_xticks(ts)
-        ax.set_xticklabels([f"{t:g}" for t in ts])
+        ax.set_xticklabels([f"{t:g}" for t in ts], fontsize=6.5 if len(ts) > 8 else None)
         ax.minorticks_off()
     ax.set_xlabel("temperature T (log scale)")
 
