@@ -564,6 +564,19 @@ def test_no_two_texts_of_any_figure_overlap(make):
     assert figures.overlapping_texts(fig) == []
 
 
+def test_no_text_overlaps_in_facets_side_by_side_panels_and_fig4(logits):
+    rows = []
+    for lab in ("fine", "coarse"):
+        rows += teacher_rows(f"T{lab}", 99.0)
+        for i in range(8):
+            for T in TEMPS11:
+                rows += seeds_rows(f"method_{i}", T, 60.0 + i + np.log2(T), labels=lab, teacher=f"T{lab}")
+    df = frame(rows)
+    for fig in (figures.acc_vs_temperature(df), figures.paired_delta(df), figures.sorted_softmax(logits, TEMPS11[:6])):
+        fig.set_dpi(60)
+        assert figures.overlapping_texts(fig) == []
+
+
 def test_overlap_check_sees_overlapping_texts():
     fig, ax = plt.subplots()
     ax.text(0.5, 0.5, "one text")
