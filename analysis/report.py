@@ -105,7 +105,8 @@ def write_report(study: Study, store: RunStore, band: str = "ci") -> list[Path]:
     <study>/tables, and <study>/report.md; return the paths written. ``band``: the shaded band
     around each mean over seeds, ``"ci"`` (95 % interval of the mean) or ``"std"`` (± 1 std)."""
     figures._check_band(band)
-    shaded = figures.band_caption(band) + "."
+    shaded = figures.band_caption(band)
+    shaded = shaded[:1].upper() + shaded[1:] + "."
     path = store.study_dir / RESULTS
     df = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["run_id", "role", "split", "status"])
     out = store.study_dir / "figures"
@@ -140,7 +141,7 @@ def write_report(study: Study, store: RunStore, band: str = "ci") -> list[Path]:
                 "batch size. " + shaded,
                 lambda: figures.acc_vs_temperature_by_duration(df, band=band))
         if figures.early_epochs(df):
-            add("early_vs_final", "Figure 3: last epoch vs an earlier evaluation",
+            add("early_vs_final", "Figure 3: an earlier evaluation vs the last epoch",
                 "Left: an earlier evaluation, right: the last epoch of the same runs (each panel its own "
                 "y-range); a star marks each method's best T. " + shaded,
                 lambda: figures.early_vs_final(df, band=band))

@@ -656,7 +656,7 @@ def test_write_report_band_option_reaches_figures_and_captions(tmp_path):
     study = Study(name="q", base=RunConfig(dataset="digits", model="mlp_s", epochs=2), reference_temperature=2)
     write_report(study, store, band="std")
     report = (store.study_dir / "report.md").read_text()
-    assert figures.band_caption("std") in report and figures.band_caption("ci") not in report
+    assert figures.band_caption("std")[1:] in report and figures.band_caption("ci")[1:] not in report
     assert "## Figure 6: paired difference against T = 2" in report and "(figures/paired_delta.png)" in report
     from tstudy.cli import _parser  # the CLI flag: tstudy figures --band std
     assert _parser().parse_args(["figures", "s.py", "--band", "std"]).band == "std"
