@@ -141,7 +141,7 @@ def settings(students: pd.DataFrame) -> list[str]:
 def seed_stats(g: pd.DataFrame, value: str = "acc1", band: str = "std") -> pd.DataFrame:
     """Per temperature: mean, std (ddof=1; 0 for one seed), count, and the band ``low``/``high``:
     mean ± std (``band="std"``) or the 95 % interval of :func:`analysis.stats.mean_interval`
-    (``"ci"``; zero width for one seed)."""
+    (``"ci"``; zero width for one seed; an accuracy's cut at [0, 100])."""
     _check_band(band)
     rows = []
     for t, x in g.groupby("temperature", dropna=False)[value]:
@@ -152,6 +152,8 @@ def seed_stats(g: pd.DataFrame, value: str = "acc1", band: str = "std") -> pd.Da
         sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
         if band == "ci":
             iv = stats.mean_interval(v)
+            if value.startswith("acc"):  # an accuracy's interval is cut at [0, 100] (as recommend does)
+                iv = stats.clipped(iv, 0.0, 100.0)
             lo, hi = iv.low, iv.high
         else:
             lo, hi = v.mean() - sd, v.mean() + sd

@@ -645,6 +645,8 @@ def test_band_ci_is_the_stats_interval_and_std_the_std_and_the_caption_says_whic
     assert "95 % interval" in ci.legends[0].get_title().get_text()
     assert "± 1 std" in sd.legends[0].get_title().get_text()
     assert figures.band_caption("ci") != figures.band_caption("std")
+    near = frame(seeds_rows("kd", 1, 99.0) + seeds_rows("kd", 2, 98.0))  # a t interval past 100 % is cut there
+    assert figures.seed_stats(figures.final_test_rows(near), band="ci")["high"].max() == 100.0
     with pytest.raises(ValueError):
         figures.acc_vs_temperature(df, band="sem")
 
