@@ -6,9 +6,10 @@ is one of the studied axes; temperatures from 1 to 40. The architectures are not
 
 Chosen: CIFAR-100 at its native 32 px, `labels` "fine" (100 classes) or "coarse" (20
 superclasses); each teacher is trained on the same labels as its students (a data field). The
-two standard pairs resnet56 -> resnet20 and resnet32x4 -> resnet8x4 with the standard recipe (SGD lr 0.05, momentum 0.9, wd 5e-4, batch 64, 240 epochs, lr x 0.1 at
-62.5/75/87.5%); Hinton KD, T in {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40}; seeds 0, 1, 2.
-The figures put fine and coarse side by side in one row with the same y-range (`labels`).
+two standard pairs resnet56 -> resnet20 and resnet32x4 -> resnet8x4 with the standard recipe
+(SGD lr 0.05, momentum 0.9, wd 5e-4, batch 64, 240 epochs, lr x 0.1 at 62.5/75/87.5%); Hinton
+KD, T in {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40}; seeds 0, 1, 2. The figures put fine and coarse
+side by side in one row with the same y-range (`labels`).
 Runs: 2 granularities x (2 teachers + 2 pairs x 11 T x 3 seeds) = 136.
 """
 from fd_recipe import PAIRS, RECIPE, TEMPERATURES
