@@ -704,3 +704,21 @@ def test_missing_setting_values_are_one_value_and_no_rows_are_lost():
     fig = figures.acc_vs_temperature(df)
     got = {ax.get_title(): list(line(ax, "kd").get_ydata()) for ax in fig.axes}
     assert got == {"image_size=64": [60.0, 62.0], "image_size=none": [70.0, 72.0]}
+
+
+def test_student_init_side_by_side_per_model_row_with_a_missing_init():
+    rows = teacher_rows()
+    for model, add in (("tv_resnet18", 0.0), ("tv_mobilenet_v2", 10.0)):
+        for init, acc in ((None, 60.0), ("imagenet", 70.0)):
+            for T in (1, 4):
+                rows += seeds_rows("kd", T, acc + add + T, model=model, init=init)
+    fig = figures.acc_vs_temperature(frame(rows))
+    assert len(fig.axes) == 4
+    rows_of = {}
+    for ax in fig.axes:
+        rows_of.setdefault(round(ax.get_position().y0, 6), []).append(ax)
+    assert sorted(len(r) for r in rows_of.values()) == [2, 2]
+    for r in rows_of.values():
+        keys = [dict(kv.split("=") for kv in ax.get_title().split(", ")) for ax in r]
+        assert sorted(k["init"] for k in keys) == ["imagenet", "none"] and r[0].get_ylim() == r[1].get_ylim()
+        assert len({k["model"] for k in keys}) == 1  # one model per row
