@@ -515,7 +515,8 @@ def acc_vs_temperature_by_duration(df: pd.DataFrame, method: str | None = None, 
         _fit_y(axes, ranges, share and len({m for m, _ in row}) == 1)
         for ax, (m, key) in zip(axes, row):
             _teacher(ax, teachers, _select(students[students["method_label"] == m], key), value)
-    _finish(fig, "Accuracy vs temperature by training length" + (f" ({method})" if method else ", per method"),
+    _finish(fig, "Accuracy vs temperature by training length" + (f" ({methods[0]})" if len(methods) == 1
+                                                                  else ", per method"),
             _legend_title(_max_seeds(students), band))
     return fig
 

@@ -137,8 +137,8 @@ def write_report(study: Study, store: RunStore, band: str = "ci") -> list[Path]:
             lambda: figures.acc_vs_temperature(df, title=fig_title, band=band))
         if temp_students["epochs"].nunique() > 1:
             add("acc_vs_temperature_by_duration", "Figure 2: accuracy vs temperature by training length",
-                "One line per number of epochs; one row of panels per method, one panel per optimizer and "
-                "batch size. " + shaded,
+                "One line per number of epochs; panels per method (a row each when a method has several) and "
+                "per optimizer and batch size. " + shaded,
                 lambda: figures.acc_vs_temperature_by_duration(df, band=band))
         if figures.early_epochs(df):
             add("early_vs_final", "Figure 3: an earlier evaluation vs the last epoch",
