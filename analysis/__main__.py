@@ -1,4 +1,4 @@
-"""``python -m analysis STUDY_FILE [--root DIR]``: same as ``tstudy figures``.
+"""``python -m analysis STUDY_FILE [--root DIR] [--band ci|std]``: same as ``tstudy figures``.
 ``python -m analysis recommend RESULTS.parquet [--by F,..] [--select final|best|val] [--reference-T T] [--json]``:
 the recommendation from any results table."""
 import argparse

@@ -1,24 +1,34 @@
 """Figure functions: each takes a results DataFrame (or a teacher's logits) and returns a Figure.
 
-The figures of Frank & Davis (arXiv 2603.02430):
+The figures of Frank & Davis (arXiv 2603.02430), plus a paired-difference figure:
 
 * Fig. 1 :func:`acc_vs_temperature` — student accuracy vs T, one line per method.
-* Fig. 2 :func:`acc_vs_temperature_by_duration` — one line per training length (epochs), one
-  panel per (optimizer, batch size).
-* Fig. 3 :func:`early_vs_final` — accuracy vs T at the last epoch (colour, left axis) and at an
-  earlier evaluation point of the same runs (greyscale, right axis).
+* Fig. 2 :func:`acc_vs_temperature_by_duration` — one line per training length (epochs); one row
+  of panels per method, one panel per (optimizer, batch size).
+* Fig. 3 :func:`early_vs_final` — accuracy vs T at an earlier evaluation (left panel) and at the
+  last epoch (right panel) of the same runs; a star marks each method's best T.
 * Fig. 4 :func:`sorted_softmax` — the teacher's mean sorted softmax at each T (colour) and the
   label-smoothing distribution of the same entropy (grey).
 * Fig. 5 :func:`relational` — KD vs its relational ablations (entropy-matched LS, shuffled
   non-target, top-k, TCKD-only, NCKD-only).
+* :func:`paired_delta` — Δ accuracy vs T against the reference T of the same method, seed by
+  seed, with paired 95 % intervals and a zero line.
 
-Every accuracy line is the mean over seeds with a ±1 std band (stated in the legend title);
-its artist's gid is the method label (``"<label>:std"`` for the band). Runs that diverged are
-drawn as red crosses (gid ``"diverged"``) at their temperature, never dropped silently.
+One visual language (:mod:`analysis.style`): a method has the same colour + marker + line style
+in every figure; the CE-only student is a grey dotted line, the teacher black. Every accuracy line
+is the mean over seeds with a shaded band, by default the 95 % interval of the mean
+(:func:`analysis.stats.mean_interval`), ``band="std"`` for ± 1 std; the legend title says which.
+A line's gid is its label, its band's ``"<label>:band"``. More than :data:`MAX_LINES` lines are
+split into facets (adjacent panels, same y-range). Setting columns in :data:`SIDE_BY_SIDE` that
+vary are put in adjacent panels of one row with the same y-range. The y-axis fits the data and
+bands; the teacher's accuracy is a corner annotation (gid ``"teacher:text"``), plus a dashed line
+(gid ``"teacher"``) only where it lies within that range. Runs that diverged are drawn as red
+crosses (gid ``"diverged"``) at their temperature, never dropped silently.
 """
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Iterable, Sequence
 
 import matplotlib.pyplot as plt
@@ -29,7 +39,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from analysis import style
+from analysis import stats, style
 from tstudy import losses as L
 
 # Columns that define a "setting": students differing in these go to different panels.
@@ -39,13 +49,30 @@ SETTING_COLUMNS = ["dataset", "labels", "image_size", "teacher_model", "teacher_
                    "gamma", "warmup_epochs", "weight_decay", "precision", "augment", "val_fraction"]
 TEACHER_COLUMNS = ("teacher_model", "teacher_init", "teacher_id")
 OPTIM_COLUMNS = ("optimizer", "lr", "weight_decay", "momentum", "batch_size", "schedule")
-SPREAD = "mean ± std over seeds"
+# The paper's studied axes: when one varies, its values go to adjacent panels of one row (same y-range).
+SIDE_BY_SIDE = ["labels", "teacher_init", "init"]
+MAX_LINES = 6  # more lines than this in one panel are split into facets
+BANDS = ("ci", "std")
+BAND_TEXT = {"ci": "shaded: 95 % interval of the mean over seeds",
+             "std": "shaded: ± 1 std over seeds"}
+SPREAD = "mean over seeds"
 
 # Fig. 5: the methods that alter the relational information the teacher gives, in legend order.
 RELATIONAL = ("kd", "ls", "kd_shuffled", "kd_topk", "tckd", "nckd")
 RELATIONAL_NAMES = {"kd": "KD", "ls": "LS, ε entropy-matched", "kd_shuffled": "KD, shuffled non-target",
                     "kd_topk": "KD, top-k non-target", "tckd": "TCKD only", "nckd": "NCKD only",
                     "ce": "CE only (no teacher)"}
+
+
+def band_caption(band: str = "ci") -> str:
+    """The sentence figures and report.md use for the shaded band."""
+    _check_band(band)
+    return BAND_TEXT[band] + (" (Student's t below 20 seeds, bootstrap from 20)" if band == "ci" else "")
+
+
+def _check_band(band: str) -> None:
+    if band not in BANDS:
+        raise ValueError(f"band: expected one of {BANDS}, got {band!r}")
 
 
 # --------------------------------------------------------------------------- table helpers
@@ -83,19 +110,24 @@ def _has_teacher(students: pd.DataFrame) -> pd.Series:
     return students["teacher_id"].notna()
 
 
+def _norm(v: object) -> str:
+    """A setting value as text, every missing value (None, NaN) the same."""
+    return "none" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
 def settings(students: pd.DataFrame) -> list[str]:
     """The setting columns that vary among these students (panel keys). Teacher columns vary only
     among students that have a teacher: a student without one (ce) belongs to every panel of
-    its other settings. If students sharing a setting still name different teachers (teachers
-    differing in a field not listed here), ``teacher_id`` is added so different teachers are
-    never averaged together."""
+    its other settings. Missing values (None and NaN alike) count as one value, "none". If
+    students sharing a setting still name different teachers (teachers differing in a field not
+    listed here), ``teacher_id`` is added so different teachers are never averaged together."""
     has_t = _has_teacher(students)
     cols = []
     for c in SETTING_COLUMNS:
         if c not in students:
             continue
         vals = students.loc[has_t, c] if c in TEACHER_COLUMNS and has_t.any() else students[c]
-        if vals.astype(str).nunique() > 1:
+        if vals.map(_norm).nunique() > 1:
             cols.append(c)
     if has_t.any() and students.loc[has_t, "teacher_id"].nunique() > 1:
         with_t = students[has_t]
@@ -106,23 +138,39 @@ def settings(students: pd.DataFrame) -> list[str]:
     return cols
 
 
-def seed_stats(g: pd.DataFrame, value: str = "acc1") -> pd.DataFrame:
-    """Mean, std (ddof=1; 0 for one seed) and count over seeds, per temperature."""
-    s = g.groupby("temperature")[value].agg(["mean", "std", "count"]).reset_index()
-    s["std"] = s["std"].fillna(0.0)
-    return s.sort_values("temperature")
+def seed_stats(g: pd.DataFrame, value: str = "acc1", band: str = "std") -> pd.DataFrame:
+    """Per temperature: mean, std (ddof=1; 0 for one seed), count, and the band ``low``/``high``:
+    mean ± std (``band="std"``) or the 95 % interval of :func:`analysis.stats.mean_interval`
+    (``"ci"``; zero width for one seed; an accuracy's cut at [0, 100])."""
+    _check_band(band)
+    rows = []
+    for t, x in g.groupby("temperature", dropna=False)[value]:
+        v = x.to_numpy(float)
+        v = v[np.isfinite(v)]
+        if not len(v):
+            continue
+        sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        if band == "ci":
+            iv = stats.mean_interval(v)
+            if value.startswith("acc"):  # an accuracy's interval is cut at [0, 100] (as recommend does)
+                iv = stats.clipped(iv, 0.0, 100.0)
+            lo, hi = iv.low, iv.high
+        else:
+            lo, hi = v.mean() - sd, v.mean() + sd
+        rows.append({"temperature": t, "mean": float(v.mean()), "std": sd, "count": len(v), "low": lo, "high": hi})
+    return pd.DataFrame(rows, columns=["temperature", "mean", "std", "count", "low", "high"]).sort_values("temperature")
 
 
-def method_colors(df: pd.DataFrame) -> dict[str, tuple]:
-    """One colour per student method label of the whole table, so a method keeps its colour in
-    every figure (seaborn's colour-blind palette without its grey, which is reserved for the
-    greyscale curves; husl beyond 9 labels)."""
+def method_looks(df: pd.DataFrame) -> dict[str, style.Look]:
+    """One :class:`analysis.style.Look` per student method label of the whole table, so a
+    method keeps its look in every figure of the study."""
     st = df[df["role"] == "student"] if "role" in df else df
-    labels = sorted(st["method_label"].dropna().unique()) if "method_label" in st else []
-    colors = [c for i, c in enumerate(sns.color_palette("colorblind", 10)) if i != 7]
-    if len(labels) > len(colors):
-        colors = sns.color_palette("husl", len(labels))
-    return dict(zip(labels, colors))
+    labels = st["method_label"].dropna().unique() if "method_label" in st else []
+    return style.looks(labels)
+
+
+def method_colors(df: pd.DataFrame) -> dict[str, str]:
+    return {k: v.color for k, v in method_looks(df).items()}
 
 
 def _panel_keys(students: pd.DataFrame, cols: list[str]) -> list[dict]:
@@ -166,18 +214,65 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def _panel_title(key: dict) -> str:
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in key.items()) if key else ""
+def _panel_title(key: dict, extra: str = "") -> str:
+    text = ", ".join(f"{k}={_fmt(v)}" for k, v in key.items()) if key else ""
+    text = "; ".join(t for t in (extra, text) if t)
+    return "\n".join(textwrap.wrap(text, 44)) if text else ""
 
 
-def _grid(n: int, w: float = 4.2, h: float = 3.2, ncols_max: int = 3, **kw) -> tuple[plt.Figure, list[plt.Axes]]:
+def _facets(labels: list[str]) -> list[list[str]]:
+    """The labels split into groups of at most :data:`MAX_LINES` lines of similar size; the
+    references (ce) are drawn in every group."""
+    refs = [lab for lab in labels if lab in style.REFERENCES]
+    lines = [lab for lab in labels if lab not in style.REFERENCES]
+    n = max(1, math.ceil(len(lines) / MAX_LINES))
+    size = math.ceil(len(lines) / n) if lines else 0
+    return [lines[i * size:(i + 1) * size] + refs for i in range(n)]
+
+
+def _layout(students: pd.DataFrame, cols: list[str], labels: list[str], ncols_max: int = 3
+            ) -> tuple[list[list[tuple[dict, list[str], str]]], bool]:
+    """Rows of panels ``(key, labels, facet title)`` and whether each row shares one y-range.
+    A varying :data:`SIDE_BY_SIDE` column puts its values in adjacent panels of one row; facets
+    (more than :data:`MAX_LINES` lines) are adjacent panels too; other panels fill rows of
+    ``ncols_max``."""
+    keys = _panel_keys(students, cols)
+    facets = _facets(labels)
+    tag = (lambda i: f"methods {i + 1}/{len(facets)}") if len(facets) > 1 else (lambda i: "")
+    sbs = next((c for c in SIDE_BY_SIDE if c in cols), None)
+    rows: list[list[tuple[dict, list[str], str]]] = []
+    if sbs:
+        groups: dict[tuple, list[dict]] = {}
+        for k in keys:
+            groups.setdefault(tuple(_norm(v) for c, v in k.items() if c != sbs), []).append(k)
+        for ks in groups.values():
+            for i, f in enumerate(facets):
+                rows.append([(k, f, tag(i)) for k in ks])
+    elif len(facets) > 1:
+        rows = [[(k, f, tag(i)) for i, f in enumerate(facets)] for k in keys]
+    else:
+        rows = [[(k, facets[0], "") for k in keys[i:i + ncols_max]] for i in range(0, len(keys), ncols_max)]
+    return rows, bool(sbs) or len(facets) > 1
+
+
+def _row_grid(lengths: list[int], w: float = 4.2, h: float = 3.2) -> tuple[plt.Figure, list[list[plt.Axes]]]:
+    """A grid with ``lengths[i]`` panels in row ``i``; the unused slots are removed (no empty axes)."""
+    ncols = max(1, max(lengths, default=1))
+    nrows = max(1, len(lengths))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False)
+    out = []
+    for r, n in enumerate(lengths or [1]):
+        for ax in axes[r, n:]:
+            fig.delaxes(ax)
+        out.append(list(axes[r, :n]))
+    return fig, out
+
+
+def _grid(n: int, w: float = 4.2, h: float = 3.2, ncols_max: int = 3) -> tuple[plt.Figure, list[plt.Axes]]:
     ncols = max(1, min(n, ncols_max))
-    nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, **kw)
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
+    lengths = [min(ncols, n - i) for i in range(0, n, ncols)]
+    fig, rows = _row_grid(lengths, w, h)
+    return fig, [ax for r in rows for ax in r]
 
 
 def _temperature_axis(ax: plt.Axes, temps: Iterable[float]) -> None:
@@ -185,31 +280,67 @@ def _temperature_axis(ax: plt.Axes, temps: Iterable[float]) -> None:
     ts = sorted({float(t) for t in temps if pd.notna(t)})
     if ts and len(ts) <= 12:
         ax.set_xticks(ts)
-        ax.set_xticklabels([f"{t:g}" for t in ts])
+        ax.set_xticklabels([f"{t:g}" for t in ts], fontsize=6.5 if len(ts) > 8 else None)
         ax.minorticks_off()
     ax.set_xlabel("temperature T (log scale)")
 
 
-def _teacher_line(ax: plt.Axes, teachers: pd.DataFrame, sel: pd.DataFrame, value: str) -> None:
+def _fit_y(axes: list[plt.Axes], ranges: list[tuple[float, float]], shared: bool) -> None:
+    """The y-axis fits the data and bands with a small margin (and headroom for the corner
+    annotations); shared: one range for the whole row."""
+    ok = [(lo, hi) for lo, hi in ranges if np.isfinite(lo) and np.isfinite(hi)]
+    if not ok:
+        return
+    for ax, (lo, hi) in zip(axes, ranges):
+        if shared:
+            lo, hi = min(r[0] for r in ok), max(r[1] for r in ok)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            continue
+        span = max(hi - lo, 1.0)
+        ax.set_ylim(lo - 0.06 * span, hi + 0.18 * span)
+
+
+def _range(*arrays) -> tuple[float, float]:
+    v = np.concatenate([np.atleast_1d(np.asarray(a, float)) for a in arrays]) if arrays else np.array([])
+    v = v[np.isfinite(v)]
+    return (float(v.min()), float(v.max())) if len(v) else (math.nan, math.nan)
+
+
+def _union(*ranges: tuple[float, float]) -> tuple[float, float]:
+    return _range(*[list(r) for r in ranges])
+
+
+def _teacher(ax: plt.Axes, teachers: pd.DataFrame, sel: pd.DataFrame, value: str) -> None:
+    """The teacher these students name: a corner annotation (top left, inside the axes), plus a
+    dashed line where its accuracy lies within the y-range (which it never changes)."""
     tsel = teachers
     if "teacher_id" in sel:  # the teachers these students name (none for ce-only panels)
         tsel = teachers[teachers["run_id"].isin(sel["teacher_id"].dropna().unique())]
     tsel = tsel[tsel["status"] == "done"] if "status" in tsel else tsel
-    if len(tsel):
-        m = tsel[value].mean()
-        ax.axhline(m, color="black", ls="--", lw=1, label="teacher", gid="teacher")
-        ax.text(0.99, m, f"teacher {m:.1f}", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
-                fontsize=6.5)
+    if not len(tsel):
+        return
+    m = float(tsel[value].mean())
+    lo, hi = ax.get_ylim()
+    where = ""
+    if lo <= m <= hi:
+        ax.axhline(m, color=style.TEACHER_COLOR, ls="--", lw=1, label="teacher", gid="teacher")
+        ax.set_ylim(lo, hi)
+    else:
+        where = " (above)" if m > hi else " (below)"
+    ax.text(0.02, 0.97, f"teacher {m:.1f}{where}", transform=ax.transAxes, ha="left", va="top", fontsize=6.5,
+            gid="teacher:text", bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1.0))
 
 
-def _mark_diverged(ax: plt.Axes, bad: pd.DataFrame, ok: pd.DataFrame, value: str) -> None:
+def _mark_diverged(ax: plt.Axes, bad: pd.DataFrame, ok: pd.DataFrame, value: str) -> tuple[float, float]:
     """Diverged runs: a red cross at their temperature, at the panel's lowest accuracy."""
-    if len(bad):
-        y0 = ok[value].min() if len(ok) and ok[value].notna().any() else 0.0
-        ax.scatter(bad["temperature"].fillna(1.0), np.full(len(bad), y0), marker="x", color="red", zorder=5,
-                   label="diverged run (not in the mean)", gid="diverged")
-        ax.text(0.01, 0.01, f"{len(bad)} diverged", transform=ax.transAxes, color="red", fontsize=6.5,
-                ha="left", va="bottom")
+    if not len(bad):
+        return (math.nan, math.nan)
+    y0 = float(ok[value].min()) if len(ok) and ok[value].notna().any() else 0.0
+    ax.scatter(bad["temperature"].fillna(1.0), np.full(len(bad), y0), marker="x", color="red", zorder=5,
+               label="diverged run (not in the mean)", gid="diverged")
+    ax.text(0.98, 0.02, f"{len(bad)} diverged", transform=ax.transAxes, color="red", fontsize=6.5,
+            ha="right", va="bottom")
+    return (y0, y0)
 
 
 def _figure_legend(fig: plt.Figure, title: str, extra: list | None = None, ncol: int = 4) -> None:
@@ -225,35 +356,50 @@ def _figure_legend(fig: plt.Figure, title: str, extra: list | None = None, ncol:
                    ncol=max(1, min(ncol, len(seen))), fontsize=7, title=title, title_fontsize=7, frameon=False)
 
 
+def _finish(fig: plt.Figure, title: str, legend_title: str, extra: list | None = None, ncol: int = 4) -> None:
+    width = max(20, int(fig.get_size_inches()[0] * 8))  # characters of the title's size that fit
+    fig.suptitle("\n".join(textwrap.wrap(title, width)))
+    fig.tight_layout()
+    _figure_legend(fig, legend_title, extra, ncol)
+
+
+def _legend_title(n: int, band: str, what: str = SPREAD) -> str:
+    return f"{what} (n={n}); {band_caption(band)}"
+
+
 # --------------------------------------------------------------------------- Fig. 1
 def acc_vs_temperature(df: pd.DataFrame, value: str = "acc1", methods: Sequence[str] | None = None,
-                       names: dict[str, str] | None = None, title: str = "Accuracy vs temperature") -> plt.Figure:
-    """Student test accuracy vs temperature, one line per method (mean ± std over seeds, shaded),
-    the CE-only student and the teacher as horizontal lines, one panel per setting. Diverged
-    runs are marked with an x at the bottom of the panel.
+                       names: dict[str, str] | None = None, title: str = "Accuracy vs temperature",
+                       band: str = "ci") -> plt.Figure:
+    """Student test accuracy vs temperature, one line per method (mean over seeds, shaded band:
+    ``band``), the CE-only student as a grey dotted reference, the teacher as a corner
+    annotation; one panel per setting (facets beyond :data:`MAX_LINES` methods). Diverged runs
+    are marked with an x at the bottom of the panel.
 
     ``methods`` restricts to these method names (in this legend order); ``names`` maps a method
     name to its legend text (gids stay the method labels)."""
     style.apply()
+    _check_band(band)
     rows = final_test_rows(df)
     students = rows[rows["role"] == "student"]
     teachers = rows[rows["role"] == "teacher"]
     if methods is not None:
         students = students[students["method"].isin(methods)]
-    panels = _panel_keys(students, settings(students))
-    fig, axes = _grid(len(panels))
     labels = _ordered_labels(students, methods)
-    colors = method_colors(df)
-    for ax, key in zip(axes, panels):
-        sel = _select(students, key)
-        _draw_methods(ax, sel, colors, value, order=labels, names=names)
-        _teacher_line(ax, teachers, sel, value)
-        _temperature_axis(ax, students["temperature"])
-        ax.set_ylabel(f"student test {value} (%)")
-        ax.set_title(_panel_title(key), fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    _figure_legend(fig, f"{SPREAD} (n={_max_seeds(students)}); shaded: ± std")
+    layout, shared = _layout(students, settings(students), labels)
+    fig, grid = _row_grid([len(r) for r in layout])
+    looks = method_looks(df)
+    for axes, row in zip(grid, layout):
+        ranges = []
+        for ax, (key, facet, tag) in zip(axes, row):
+            ranges.append(_draw_methods(ax, _select(students, key), looks, value, band, order=facet, names=names))
+            _temperature_axis(ax, students["temperature"])
+            ax.set_ylabel(f"student test {value} (%)")
+            ax.set_title(_panel_title(key, tag), fontsize=8)
+        _fit_y(axes, ranges, shared)
+        for ax, (key, _, _) in zip(axes, row):
+            _teacher(ax, teachers, _select(students, key), value)
+    _finish(fig, title, _legend_title(_max_seeds(students), band))
     return fig
 
 
@@ -279,81 +425,99 @@ def _display(label: str, method: str, names: dict[str, str] | None) -> str:
     return names[method] + (f" {extra}" if extra else "")
 
 
-def _draw_methods(ax: plt.Axes, sel: pd.DataFrame, colors: dict, value: str, order: list[str] | None = None,
-                  names: dict[str, str] | None = None) -> None:
+def _look(looks: dict[str, style.Look], label: str) -> style.Look:
+    return looks.get(label) or style.looks([label])[label]
+
+
+def _draw_methods(ax: plt.Axes, sel: pd.DataFrame, looks: dict, value: str, band: str = "ci",
+                  order: list[str] | None = None, names: dict[str, str] | None = None) -> tuple[float, float]:
+    """The methods' lines and bands; returns the y-range they cover."""
     ok = sel[sel["status"] == "done"]
     present = set(sel["method_label"].unique())
+    ranges = []
     for label in [lab for lab in (order or sorted(present)) if lab in present]:
         g = ok[ok["method_label"] == label]
         if g.empty:
             continue
         shown = _display(label, str(g["method"].iloc[0]), names)
+        lk = _look(looks, label)
         if g["temperature"].isna().all():  # methods without temperature (ce): a reference line
-            m, s = g[value].mean(), g[value].std(ddof=1) if len(g) > 1 else 0.0
-            ax.axhline(m, color=colors[label], ls=":", lw=1.5, label=shown, gid=label)
-            ax.axhspan(m - s, m + s, color=colors[label], alpha=0.12, gid=f"{label}:std")
-            ax.text(0.01, m, f"{label} {m:.1f} ± {s:.1f}", transform=ax.get_yaxis_transform(), ha="left",
-                    va="bottom", fontsize=6.5, color=colors[label])
+            s = seed_stats(g.assign(temperature=0.0), value, band).iloc[0]
+            ax.axhline(s["mean"], color=lk.color, ls=lk.linestyle, lw=1.5, label=shown, gid=label)
+            ax.axhspan(s["low"], s["high"], color=lk.color, alpha=0.12, lw=0, gid=f"{label}:band")
+            ranges.append((s["low"], s["high"]))
             continue
-        s = seed_stats(g, value)
-        ax.plot(s["temperature"], s["mean"], marker="o", ms=3, color=colors[label], label=shown, gid=label)
-        ax.fill_between(s["temperature"], s["mean"] - s["std"], s["mean"] + s["std"], color=colors[label],
-                        alpha=0.2, gid=f"{label}:std")
-    _mark_diverged(ax, sel[sel["status"] == "diverged"], ok, value)
+        s = seed_stats(g, value, band)
+        ax.plot(s["temperature"], s["mean"], ms=3.5, lw=1.3, label=shown, gid=label, **lk.line_kw())
+        ax.fill_between(s["temperature"], s["low"], s["high"], color=lk.color, alpha=0.18, lw=0,
+                        gid=f"{label}:band")
+        ranges.append(_range(s["low"], s["high"], s["mean"]))
+    ranges.append(_mark_diverged(ax, sel[sel["status"] == "diverged"], ok, value))
+    return _union(*ranges)
 
 
 # --------------------------------------------------------------------------- Fig. 2
-def _default_method(students: pd.DataFrame) -> str | None:
-    temp = students[students["temperature"].notna()]
-    if temp.empty:
-        return None
-    if (temp["method_label"] == "kd").any():
-        return "kd"
-    return str(temp["method_label"].value_counts().index[0])
-
-
-def acc_vs_temperature_by_duration(df: pd.DataFrame, method: str | None = None, value: str = "acc1") -> plt.Figure:
-    """Fig. 2: accuracy vs T for each training length, one panel per (optimizer, batch size)
-    (and per any other varying setting). One method (``method``: a method label; default
-    ``kd`` if present, else the most common one). Line gids: ``"epochs=<E>"``; bands
-    ``"epochs=<E>:std"``. The y-axis is shared when panels differ only in optimisation settings."""
+def acc_vs_temperature_by_duration(df: pd.DataFrame, method: str | None = None, value: str = "acc1",
+                                   band: str = "ci") -> plt.Figure:
+    """Fig. 2: accuracy vs T for each training length; one row of panels per method (every
+    method that uses T, or only ``method``, a method label), one panel per (optimizer, batch
+    size) and any other varying setting (rows of at most 4 panels; where every method has a
+    single panel, three methods a row; unused grid slots are removed). Line gids:
+    ``"epochs=<E>"``; bands ``"epochs=<E>:band"``; a panel's gid is its method label. The
+    y-axis is shared along a row when its panels differ only in optimisation settings."""
     style.apply()
+    _check_band(band)
     rows = final_test_rows(df)
-    students = rows[(rows["role"] == "student")]
+    students = rows[(rows["role"] == "student") & rows["temperature"].notna()]
     teachers = rows[rows["role"] == "teacher"]
-    method = method or _default_method(students)
-    students = students[(students["method_label"] == method) & students["temperature"].notna()]
+    methods = [method] if method else sorted(students["method_label"].unique())
+    students = students[students["method_label"].isin(methods)]
     cols = [c for c in settings(students) if c != "epochs"]
     for c in ("optimizer", "batch_size"):
         if c not in cols and c in students:
             cols.append(c)
-    panels = _panel_keys(students, cols)
+    keys = _panel_keys(students, cols)
+    per = {m: [k for k in keys if len(_select(students[students["method_label"] == m], k))] for m in methods}
+    if all(len(ks) <= 1 for ks in per.values()):  # one panel per method: three methods a row
+        cells = [(m, k) for m, ks in per.items() for k in ks]
+        layout = [cells[i:i + 3] for i in range(0, len(cells), 3)]
+    else:  # a row of panels per method (at most 4 a row)
+        layout = [[(m, k) for k in ks[i:i + 4]] for m, ks in per.items() for i in range(0, len(ks), 4)]
     share = all(c in OPTIM_COLUMNS for c in cols)
-    fig, axes = _grid(len(panels), sharey=share)
+    fig, grid = _row_grid([len(r) for r in layout])
     durations = sorted(students["epochs"].dropna().unique())
     colors = dict(zip(durations, sns.color_palette("viridis_r" if len(durations) > 1 else "colorblind",
                                                    max(len(durations), 1))))
-    for ax, key in zip(axes, panels):
-        sel = _select(students, key)
-        ok = sel[sel["status"] == "done"]
-        for e in durations:
-            g = ok[ok["epochs"] == e]
-            if g.empty:
-                continue
-            s = seed_stats(g, value)
-            gid = f"epochs={int(e)}"
-            ax.plot(s["temperature"], s["mean"], marker="o", ms=3, color=colors[e], label=f"{int(e)} epochs", gid=gid)
-            ax.fill_between(s["temperature"], s["mean"] - s["std"], s["mean"] + s["std"], color=colors[e],
-                            alpha=0.2, gid=f"{gid}:std")
-        _mark_diverged(ax, sel[sel["status"] == "diverged"], ok, value)
-        _teacher_line(ax, teachers, sel, value)
-        _temperature_axis(ax, students["temperature"])
-        ax.set_ylabel(f"student test {value} (%)")
-        ax.yaxis.set_tick_params(labelleft=True)
-        ax.set_title(_panel_title(key), fontsize=8)
-    fig.suptitle(f"Accuracy vs temperature by training length ({method})")
-    fig.tight_layout()
-    _figure_legend(fig, f"{SPREAD} (n={_max_seeds(students)}); shaded: ± std")
+    marks = {e: style.MARKERS[i % len(style.MARKERS)] for i, e in enumerate(durations)}
+    for axes, row in zip(grid, layout):
+        ranges = []
+        for ax, (m, key) in zip(axes, row):
+            sel = _select(students[students["method_label"] == m], key)
+            ok = sel[sel["status"] == "done"]
+            rs = []
+            for e in durations:
+                g = ok[ok["epochs"] == e]
+                if g.empty:
+                    continue
+                s = seed_stats(g, value, band)
+                gid = f"epochs={int(e)}"
+                ax.plot(s["temperature"], s["mean"], marker=marks[e], ms=3.5, color=colors[e], label=f"{int(e)} epochs",
+                        gid=gid)
+                ax.fill_between(s["temperature"], s["low"], s["high"], color=colors[e], alpha=0.18, lw=0,
+                                gid=f"{gid}:band")
+                rs.append(_range(s["low"], s["high"], s["mean"]))
+            rs.append(_mark_diverged(ax, sel[sel["status"] == "diverged"], ok, value))
+            ranges.append(_union(*rs))
+            _temperature_axis(ax, students["temperature"])
+            ax.set_ylabel(f"student test {value} (%)")
+            ax.set_title(_panel_title(key, m), fontsize=8)
+            ax.set_gid(m)
+        _fit_y(axes, ranges, share and len({m for m, _ in row}) == 1)
+        for ax, (m, key) in zip(axes, row):
+            _teacher(ax, teachers, _select(students[students["method_label"] == m], key), value)
+    _finish(fig, "Accuracy vs temperature by training length" + (f" ({methods[0]})" if len(methods) == 1
+                                                                  else ", per method"),
+            _legend_title(_max_seeds(students), band))
     return fig
 
 
@@ -371,69 +535,81 @@ def _pick_early(available: list[int], final: int) -> int:
     return half[-1] if half else available[0]
 
 
-def early_vs_final(df: pd.DataFrame, early_epoch: int | None = None, value: str = "acc1") -> plt.Figure:
-    """Fig. 3: accuracy vs T at the last epoch (colour, left y-axis; gid = method label) and at an
-    earlier evaluation point of the same runs (greyscale, dashed, on a right-hand twin y-axis;
-    gid ``"<label>@<epoch>"``). ``early_epoch`` defaults, per panel, to the latest evaluation at
-    or before half the training (else the earliest). Only runs with both points are averaged;
-    diverged runs are marked. The twin axis has gid ``"early"``."""
+def _best_star(ax: plt.Axes, s: pd.DataFrame, lk: style.Look, gid: str) -> None:
+    i = int(np.nanargmax(s["mean"].to_numpy(float)))
+    ax.plot([s["temperature"].iloc[i]], [s["mean"].iloc[i]], marker="*", ms=11, ls="none", color=lk.color,
+            markeredgecolor="black", markeredgewidth=0.5, zorder=6, gid=gid)
+
+
+def early_vs_final(df: pd.DataFrame, early_epoch: int | None = None, value: str = "acc1",
+                   band: str = "ci") -> plt.Figure:
+    """Fig. 3: per setting, two panels side by side on the same T axis: an earlier evaluation
+    (left, axes gid ``"early"``, lines ``"<label>@<epoch>"``) and the last epoch (right, axes gid
+    ``"final"``, lines = method labels) of the same runs, each titled with its epoch and with its
+    own y-range. A star (gid ``"<line gid>:best"``) marks each method's best T (highest mean) in
+    each panel, so the reader sees where the best T moves. ``early_epoch`` defaults, per setting,
+    to the latest evaluation at or before half the training (else the earliest). Only runs with
+    both points are averaged; diverged runs are marked in the last-epoch panel."""
     style.apply()
+    _check_band(band)
     rows = final_test_rows(df)
     final = rows[(rows["role"] == "student") & rows["temperature"].notna()]
     teachers = rows[rows["role"] == "teacher"]
     full = with_teacher_columns(df)
     tests = full[(full["split"] == "test") & (full["role"] == "student")]
-    panels = _panel_keys(final, settings(final))
-    fig, axes = _grid(len(panels), w=4.8, h=3.4)
     labels = sorted(final["method_label"].unique())
-    colors = method_colors(df)
-    greys = dict(zip(labels, np.linspace(0.4, 0.7, max(len(labels), 1)) if len(labels) > 1 else [0.45]))
-    markers = dict(zip(labels, "osD^v<>ph*"))
-    for ax, key in zip(axes, panels):
+    keys = _panel_keys(final, settings(final))
+    facets = _facets(labels)
+    layout = [(k, f, f"methods {i + 1}/{len(facets)}" if len(facets) > 1 else "")
+              for k in keys for i, f in enumerate(facets)]
+    fig, grid = _row_grid([2] * len(layout), w=4.2, h=3.2)
+    looks = method_looks(df)
+    for (ax_e, ax_f), (key, facet, tag) in zip(grid, layout):
         sel = _select(final, key)
         ok = sel[sel["status"] == "done"]
         avail = sorted(int(e) for e in _select(tests, key).query("status == 'done'")["epoch"].unique())
         last = int(ok["epochs"].max()) if len(ok) else 0
         avail = [e for e in avail if e < last]
-        ax2 = ax.twinx()
-        ax2.set_gid("early")
-        ax2.grid(False)
-        ax.set_zorder(ax2.get_zorder() + 1)  # colour (last epoch) drawn over grey (earlier epoch)
-        ax.patch.set_visible(False)
         early = early_epoch if early_epoch is not None else (_pick_early(avail, last) if avail else None)
         early_rows = tests[(tests["epoch"] == early) & tests["run_id"].isin(ok["run_id"])] if early else tests.iloc[:0]
-        for label in labels:
-            g = ok[(ok["method_label"] == label) & ok["run_id"].isin(early_rows["run_id"])] if early else \
-                ok[ok["method_label"] == label]
+        ax_e.set_gid("early")
+        ax_f.set_gid("final")
+        r_e, r_f = [], []
+        for label in facet:
+            g = ok[ok["method_label"] == label]
+            if early:
+                g = g[g["run_id"].isin(early_rows["run_id"])]
             if g.empty:
                 continue
-            s = seed_stats(g, value)
-            ax.plot(s["temperature"], s["mean"], marker=markers[label], ms=3.5, color=colors[label],
-                    label=label, gid=label)
-            ax.fill_between(s["temperature"], s["mean"] - s["std"], s["mean"] + s["std"], color=colors[label],
-                            alpha=0.2, gid=f"{label}:std")
+            lk = _look(looks, label)
+            s = seed_stats(g, value, band)
+            ax_f.plot(s["temperature"], s["mean"], ms=3.5, lw=1.3, label=label, gid=label, **lk.line_kw())
+            ax_f.fill_between(s["temperature"], s["low"], s["high"], color=lk.color, alpha=0.18, lw=0,
+                              gid=f"{label}:band")
+            _best_star(ax_f, s, lk, f"{label}:best")
+            r_f.append(_range(s["low"], s["high"], s["mean"]))
             e_rows = early_rows[early_rows["run_id"].isin(g["run_id"])]
             if len(e_rows):
-                es = seed_stats(e_rows, value)
-                grey = str(greys[label])
-                ax2.plot(es["temperature"], es["mean"], marker=markers[label], ms=3.5, color=grey, ls="--",
-                         gid=f"{label}@{early}")
-                ax2.fill_between(es["temperature"], es["mean"] - es["std"], es["mean"] + es["std"], color=grey,
-                                 alpha=0.12, gid=f"{label}@{early}:std")
-        _mark_diverged(ax, sel[sel["status"] == "diverged"], ok, value)
-        _teacher_line(ax, teachers, sel, value)
-        _temperature_axis(ax, final["temperature"])
-        ax.set_ylabel(f"test {value} (%), epoch {last} (colour)")
-        ax2.set_ylabel(f"test {value} (%), epoch {early} (grey)" if early else "(no earlier evaluation)",
-                       color="0.35")
-        ax2.tick_params(axis="y", colors="0.35")
-        ax.set_title(_panel_title(key), fontsize=8)
-    sep = " " if len(panels) > 1 else "\n"
-    fig.suptitle(f"Last epoch (colour, left axis){sep}vs an earlier epoch (grey, dashed, right axis)")
-    fig.tight_layout()
-    key_lines = [(Line2D([], [], color="0.2", ls="-"), "last epoch (left axis)"),
-                 (Line2D([], [], color="0.55", ls="--"), "earlier epoch, same runs (right axis); marker = method")]
-    _figure_legend(fig, f"{SPREAD} (n={_max_seeds(final)}); shaded: ± std", extra=key_lines, ncol=3)
+                es = seed_stats(e_rows, value, band)
+                gid = f"{label}@{early}"
+                ax_e.plot(es["temperature"], es["mean"], ms=3.5, lw=1.3, gid=gid, **lk.line_kw())
+                ax_e.fill_between(es["temperature"], es["low"], es["high"], color=lk.color, alpha=0.18, lw=0,
+                                  gid=f"{gid}:band")
+                _best_star(ax_e, es, lk, f"{gid}:best")
+                r_e.append(_range(es["low"], es["high"], es["mean"]))
+        drawn = ok[ok["run_id"].isin(early_rows["run_id"])] if early else ok
+        r_f.append(_mark_diverged(ax_f, sel[sel["status"] == "diverged"], drawn, value))
+        for ax, r in ((ax_e, r_e), (ax_f, r_f)):
+            _fit_y([ax], [_union(*r) if r else (math.nan, math.nan)], False)
+            _temperature_axis(ax, final["temperature"])
+            ax.set_ylabel(f"student test {value} (%)")
+        et = f"epoch {early} (earlier)" if early else "no earlier evaluation"
+        ax_e.set_title(_panel_title(key, ", ".join(x for x in (tag, et) if x)), fontsize=8)
+        ax_f.set_title(_panel_title(key, (f"{tag}, " if tag else "") + f"epoch {last} (last)"), fontsize=8)
+        _teacher(ax_f, teachers, sel, value)
+    star = Line2D([], [], marker="*", ms=9, ls="none", color="0.5", markeredgecolor="black", markeredgewidth=0.5)
+    _finish(fig, "An earlier epoch (left) vs the last epoch (right) of the same runs",
+            _legend_title(_max_seeds(final), band), extra=[(star, "best T of the method (highest mean)")])
     return fig
 
 
@@ -505,7 +681,7 @@ def sorted_softmax(profile_logits: np.ndarray | torch.Tensor, temperatures: Sequ
 
 
 # --------------------------------------------------------------------------- Fig. 5
-def relational(df: pd.DataFrame, value: str = "acc1") -> plt.Figure:
+def relational(df: pd.DataFrame, value: str = "acc1", band: str = "ci") -> plt.Figure:
     """Fig. 5: KD and the methods that alter the teacher's relational information
     (entropy-matched label smoothing, shuffled non-target, top-k non-target, TCKD-only,
     NCKD-only) across temperatures, with the CE-only student and the teacher as references.
@@ -514,7 +690,7 @@ def relational(df: pd.DataFrame, value: str = "acc1") -> plt.Figure:
     fixed_ls = students[(students["method"] == "ls") & students["temperature"].isna()]["run_id"].unique()
     df = df[~df["run_id"].isin(fixed_ls)]
     return acc_vs_temperature(df, value, methods=RELATIONAL + ("ce",), names=RELATIONAL_NAMES,
-                              title="Relational information: KD and its ablations")
+                              title="Relational information: KD and its ablations", band=band)
 
 
 def supports_relational(df: pd.DataFrame) -> bool:
@@ -522,3 +698,95 @@ def supports_relational(df: pd.DataFrame) -> bool:
     st = df[(df["role"] == "student") & df["temperature"].notna()]
     methods = set(st["method"].unique())
     return "kd" in methods and bool(methods & set(RELATIONAL[1:]))
+
+
+# --------------------------------------------------------------------------- paired differences
+def paired_delta(df: pd.DataFrame, reference_T: float | None = None, value: str = "acc1") -> plt.Figure:
+    """Δ accuracy vs T against ``reference_T`` (default: :data:`analysis.recommend.REFERENCE_T`;
+    ``tstudy figures`` passes the study's ``reference_temperature``) of the same method and
+    setting, seed by seed (:func:`analysis.stats.paired_deltas`), shaded: the paired 95 %
+    interval; a zero line (gid ``"zero"``) and a dotted line at the reference T (gid
+    ``"reference"``). Methods without a run at the reference T are left out. Line gids: method
+    labels; bands ``"<label>:band"``."""
+    from analysis import recommend
+
+    style.apply()
+    ref = float(recommend.REFERENCE_T if reference_T is None else reference_T)
+    rows = final_test_rows(df)
+    students = rows[(rows["role"] == "student") & rows["temperature"].notna()]
+    ok = students[students["status"] == "done"]
+    cols = settings(students)
+    d = stats.paired_deltas(ok, value, ref, cols)
+    labels = sorted(d["method_label"].unique())
+    layout, shared = _layout(students, cols, labels)
+    fig, grid = _row_grid([len(r) for r in layout])
+    looks = method_looks(df)
+    for axes, row in zip(grid, layout):
+        ranges = []
+        for ax, (key, facet, tag) in zip(axes, row):
+            sel = _select(d, key)
+            rs = [(0.0, 0.0)]
+            for label in [lab for lab in facet if lab in set(sel["method_label"])]:
+                g = sel[sel["method_label"] == label].sort_values("temperature")
+                lk = _look(looks, label)
+                lo, hi = g["delta_low"].fillna(g["delta_mean"]), g["delta_high"].fillna(g["delta_mean"])
+                ax.plot(g["temperature"], g["delta_mean"], ms=3.5, lw=1.3, label=label, gid=label, **lk.line_kw())
+                ax.fill_between(g["temperature"], lo, hi, color=lk.color, alpha=0.18, lw=0, gid=f"{label}:band")
+                rs.append(_range(lo, hi, g["delta_mean"]))
+            ranges.append(_union(*rs))
+            ax.axhline(0.0, color="black", lw=0.8, gid="zero")
+            ax.axvline(ref, color="0.5", ls=":", lw=1, gid="reference")
+            _temperature_axis(ax, students["temperature"])
+            ax.set_ylabel(f"Δ test {value} vs T = {ref:g} (points)")
+            ax.set_title(_panel_title(key, tag), fontsize=8)
+        _fit_y(axes, ranges, shared)
+    n = int(d["n"].max()) if len(d) else 0
+    _finish(fig, f"Paired difference against T = {ref:g} of the same method",
+            f"paired Δ, mean over seeds (n={n}); shaded: paired 95 % interval")
+    return fig
+
+
+# --------------------------------------------------------------------------- checks
+def _texts(fig: plt.Figure) -> list:
+    out = list(fig.texts)
+    if fig._suptitle is not None and fig._suptitle not in out:
+        out.append(fig._suptitle)
+    for lg in fig.legends:
+        out += [lg.get_title(), *lg.get_texts()]
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        out += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks():
+                if lo - 1e-9 <= tick.get_loc() <= hi + 1e-9 or axis.get_scale() == "log":
+                    out += [lab for lab in (tick.label1, tick.label2) if lab.get_visible()]
+        if ax.get_legend() is not None:
+            out += [ax.get_legend().get_title(), *ax.get_legend().get_texts()]
+    seen: set[int] = set()
+    return [t for t in out if t.get_visible() and t.get_text().strip() and not (id(t) in seen or seen.add(id(t)))]
+
+
+def overlapping_texts(fig: plt.Figure, tol: float = 0.5) -> list[tuple[str, str]]:
+    """Pairs of texts of ``fig`` (titles, axis and tick labels, legend texts, annotations) whose
+    rendered bounding boxes overlap by more than ``tol`` pixels each way; ``[]`` is a readable
+    figure."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    boxes = []
+    for t in _texts(fig):
+        if not t.get_visible():
+            continue
+        bb = t.get_window_extent(r)
+        if bb.width > 0 and bb.height > 0:
+            boxes.append((t.get_text(), bb))
+    out = []
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i][1], boxes[j][1]
+            w = min(a.x1, b.x1) - max(a.x0, b.x0)
+            h = min(a.y1, b.y1) - max(a.y0, b.y0)
+            if w > tol and h > tol:
+                out.append((boxes[i][0], boxes[j][0]))
+    return out

@@ -8,6 +8,8 @@ Written under ``<root>/<study>/``: ``figures/<name>.pdf`` (TrueType fonts) and `
 * ``sorted_softmax`` (``sorted_softmax_<model>_<id>`` with several teachers) — Fig. 4 (a
   teacher profile on disk),
 * ``relational`` — Fig. 5 (KD and at least one of ls / kd_shuffled / kd_topk / tckd / nckd),
+* ``paired_delta`` — Δ accuracy vs T against the study's ``reference_temperature`` of the same
+  method, seed by seed (a method with a run at the reference T and at another T),
 
 ``tables/recommendation.json`` (``tstudy recommend --json``'s records), ``tables/best_temperature.csv``
 and ``tables/teacher_entropy.csv``, and ``report.md``: it opens with the recommendation (how T was
@@ -98,9 +100,13 @@ def _expected_best_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("-")
 
 
-def write_report(study: Study, store: RunStore) -> list[Path]:
+def write_report(study: Study, store: RunStore, band: str = "ci") -> list[Path]:
     """Write the figures the data supports (PDF + PNG) under <study>/figures, the tables under
-    <study>/tables, and <study>/report.md; return the paths written."""
+    <study>/tables, and <study>/report.md; return the paths written. ``band``: the shaded band
+    around each mean over seeds, ``"ci"`` (95 % interval of the mean) or ``"std"`` (± 1 std)."""
+    figures._check_band(band)
+    shaded = figures.band_caption(band)
+    shaded = shaded[:1].upper() + shaded[1:] + "."
     path = store.study_dir / RESULTS
     df = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["run_id", "role", "split", "status"])
     out = store.study_dir / "figures"
@@ -125,17 +131,20 @@ def write_report(study: Study, store: RunStore) -> list[Path]:
         fig_title = ("Accuracy vs temperature, by KD method" if n_methods > 1
                      else f"Accuracy vs temperature ({temp_students['method_label'].iloc[0]})")
         add("acc_vs_temperature", ("Figure 1: " if n_methods > 1 else "") + fig_title,
-            "Final test accuracy of the students (mean ± std over seeds); dotted: methods without a "
-            "temperature (CE only), dashed: the teacher.",
-            lambda: figures.acc_vs_temperature(df, title=fig_title))
+            "Final test accuracy of the students, mean over seeds; " + shaded + " Grey dotted: methods without "
+            "a temperature (CE only); the teacher's accuracy is noted in each panel's corner (dashed where it "
+            "lies within the axis range).",
+            lambda: figures.acc_vs_temperature(df, title=fig_title, band=band))
         if temp_students["epochs"].nunique() > 1:
             add("acc_vs_temperature_by_duration", "Figure 2: accuracy vs temperature by training length",
-                "One line per number of epochs, one panel per optimizer and batch size.",
-                lambda: figures.acc_vs_temperature_by_duration(df))
+                "One line per number of epochs; panels per method (a row each when a method has several) and "
+                "per optimizer and batch size. " + shaded,
+                lambda: figures.acc_vs_temperature_by_duration(df, band=band))
         if figures.early_epochs(df):
-            add("early_vs_final", "Figure 3: last epoch vs an earlier evaluation",
-                "Colour, left axis: the last epoch; grey, right axis: an earlier evaluation of the same runs.",
-                lambda: figures.early_vs_final(df))
+            add("early_vs_final", "Figure 3: an earlier evaluation vs the last epoch",
+                "Left: an earlier evaluation, right: the last epoch of the same runs (each panel its own "
+                "y-range); a star marks each method's best T. " + shaded,
+                lambda: figures.early_vs_final(df, band=band))
     profiles = study_profiles(df, store) if len(df) else {}
     temps = sorted(float(t) for t in temp_students["temperature"].unique()) if len(temp_students) else []
     temps = temps or list(DEFAULT_TEMPERATURES)
@@ -149,7 +158,14 @@ def write_report(study: Study, store: RunStore) -> list[Path]:
     if len(df) and figures.supports_relational(df):
         add("relational", "Figure 5: relational information (KD and its ablations)",
             "KD, entropy-matched label smoothing, shuffled non-target, top-k, TCKD-only and NCKD-only "
-            "students across temperatures.", lambda: figures.relational(df))
+            "students across temperatures. " + shaded, lambda: figures.relational(df, band=band))
+    ref_T = study.reference_temperature
+    if len(temp_students) and temp_students["temperature"].nunique() > 1 and \
+            (temp_students["temperature"] - ref_T).abs().lt(1e-9).any():
+        add("paired_delta", f"Figure 6: paired difference against T = {ref_T:g}",
+            f"Per method, final test accuracy at T minus the same method's at T = {ref_T:g} (the study's "
+            "reference_temperature), seed by seed; shaded: the paired 95 % interval. Above zero: better than "
+            "the reference T.", lambda: figures.paired_delta(df, ref_T))
 
     try:
         records = recommend.recommend(df, reference_T=study.reference_temperature)

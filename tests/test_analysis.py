@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import figures, tables
+from analysis import figures, style, tables
 from analysis.profiles import load_profile, study_profiles
 from analysis.report import write_report
 from tstudy import RunConfig, Study
@@ -25,7 +25,8 @@ from tstudy.study import load_study
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies" / "frank_davis"
 STUDY_FILES = ["fig1_methods.py", "fig2_duration_optimizer_batch.py", "fig3_early_vs_final.py",
-               "fig4_softmax_entropy.py", "fig5_relational.py", "teacher_finetune.py", "student_init.py"]
+               "fig4_softmax_entropy.py", "fig5_relational.py", "teacher_finetune.py", "student_init.py",
+               "granularity.py"]
 SEED_OFFSETS = (-1.0, 0.0, 1.0)  # per-seed deviations: mean = base, std (ddof=1) = 1
 
 
@@ -94,6 +95,11 @@ def visible_axes(fig):
     return [ax for ax in fig.axes if ax.get_visible() and ax.get_gid() != "early"]
 
 
+def teacher_text(ax):
+    found = [t.get_text() for t in ax.texts if t.get_gid() == "teacher:text"]
+    return found[0] if found else None
+
+
 KD = {1: 70.0, 2: 74.0, 4: 76.0}
 
 
@@ -115,21 +121,21 @@ def fig1_table():
 
 
 def test_fig1_plots_seed_means_std_references_and_diverged_runs():
-    fig = figures.acc_vs_temperature(fig1_table())
+    fig = figures.acc_vs_temperature(fig1_table(), band="std")
     (ax,) = visible_axes(fig)
     kd = line(ax, "kd")
     np.testing.assert_allclose(kd.get_xdata(), sorted(KD))
     np.testing.assert_allclose(kd.get_ydata(), [KD[t] for t in sorted(KD)])
-    (band,) = artists(ax, "kd:std")
+    (band,) = artists(ax, "kd:band")
     assert all(band_has(band, t, KD[t] - 1, KD[t] + 1) for t in KD)
     np.testing.assert_allclose(line(ax, "dkd").get_ydata(), [60.0, 65.0])
     np.testing.assert_allclose(line(ax, "ce").get_ydata(), [71.0, 71.0])
-    np.testing.assert_allclose(line(ax, "teacher").get_ydata(), [88.0, 88.0])
+    assert teacher_text(ax) == "teacher 88.0 (above)" and not artists(ax, "teacher")  # 88 > the data
     (div,) = artists(ax, "diverged")
     np.testing.assert_allclose(div.get_offsets()[:, 0], [8.0])
     assert ax.get_xscale() == "log"
     (legend,) = fig.legends
-    assert "mean ± std over seeds" in legend.get_title().get_text()
+    assert "± 1 std" in legend.get_title().get_text()
     assert any("diverged" in t.get_text() for t in legend.get_texts())
 
 
@@ -139,8 +145,10 @@ def test_fig1_separates_teachers_that_differ_in_init():
     fig = figures.acc_vs_temperature(frame(rows))
     axes = visible_axes(fig)
     assert len(axes) == 2
-    got = {ax.get_title(): (line(ax, "kd").get_ydata()[0], line(ax, "teacher").get_ydata()[0]) for ax in axes}
-    assert got == {"teacher_init=imagenet": (75.0, 85.0), "teacher_init=scratch": (70.0, 80.0)}
+    got = {ax.get_title(): (line(ax, "kd").get_ydata()[0], teacher_text(ax)) for ax in axes}
+    assert got == {"teacher_init=imagenet": (75.0, "teacher 85.0 (above)"),
+                   "teacher_init=scratch": (70.0, "teacher 80.0 (above)")}
+    assert axes[0].get_ylim() == axes[1].get_ylim()  # teacher_init is SIDE_BY_SIDE: one row, one y-range
 
 
 def test_fig1_students_without_teacher_join_the_panels_of_their_model():
@@ -172,20 +180,22 @@ def test_fig2_one_panel_per_optimizer_and_batch_one_line_per_duration():
             for ep in (10, 20):
                 for T in (1, 4):
                     rows += seeds_rows("kd", T, acc2(opt, bs, ep, T), optimizer=opt, batch_size=bs, epochs=ep)
-    rows += seeds_rows("dkd", 4, 10.0)  # another method: not in the figure (kd is the default)
+    rows += seeds_rows("dkd", 4, 10.0)  # another method: a row of its own
     fig = figures.acc_vs_temperature_by_duration(frame(rows))
-    axes = visible_axes(fig)
-    assert len(axes) == 4
+    axes = [ax for ax in fig.axes if ax.get_gid() == "kd"]
+    assert len(axes) == 4 and len(fig.axes) == 5  # kd: 4 panels; dkd: its one (sgd, 64); no empty slot
+    (dkd,) = [ax for ax in fig.axes if ax.get_gid() == "dkd"]
+    np.testing.assert_allclose(line(dkd, "epochs=10").get_ydata(), [10.0])
     seen = set()
     for ax in axes:
-        key = dict(kv.split("=") for kv in ax.get_title().split(", "))
+        key = dict(kv.split("=") for kv in ax.get_title().split("; ")[1].replace("\n", " ").split(", "))
         opt, bs = key["optimizer"], int(key["batch_size"])
         seen.add((opt, bs))
         for ep in (10, 20):
             ln = line(ax, f"epochs={ep}")
             np.testing.assert_allclose(ln.get_xdata(), [1, 4])
             np.testing.assert_allclose(ln.get_ydata(), [acc2(opt, bs, ep, T) for T in (1, 4)])
-            assert artists(ax, f"epochs={ep}:std")
+            assert artists(ax, f"epochs={ep}:band")
         assert not artists(ax, "dkd")
     assert seen == {("sgd", 64), ("sgd", 256), ("adamw", 64), ("adamw", 256)}
 
@@ -205,27 +215,32 @@ def fig3_table():
     return frame(rows)
 
 
-def test_fig3_final_in_colour_left_earlier_in_grey_on_a_twin_right_axis():
+def test_fig3_early_and_final_side_by_side_no_twin_axis_stars_at_best_T():
     fig = figures.early_vs_final(fig3_table(), early_epoch=5)
-    (ax,) = visible_axes(fig)
-    (twin,) = [a for a in fig.axes if a.get_gid() == "early"]
-    assert twin.get_shared_x_axes().joined(ax, twin) and twin.yaxis.get_label_position() == "right"
-    final, early = line(ax, "kd"), line(twin, "kd@5")
+    assert len(fig.axes) == 2  # no twin axis
+    ax_e, ax_f = fig.axes
+    assert (ax_e.get_gid(), ax_f.get_gid()) == ("early", "final")
+    assert ax_e.get_position().x1 < ax_f.get_position().x0  # early left of final, side by side
+    assert "epoch 5" in ax_e.get_title() and "epoch 10" in ax_f.get_title()
+    final, early = line(ax_f, "kd"), line(ax_e, "kd@5")
     np.testing.assert_allclose(final.get_xdata(), sorted(FINAL))
     np.testing.assert_allclose(final.get_ydata(), [FINAL[t] for t in sorted(FINAL)])
     np.testing.assert_allclose(early.get_xdata(), sorted(EARLY))
     np.testing.assert_allclose(early.get_ydata(), [EARLY[t] for t in sorted(EARLY)])
-    r, g, b, _ = matplotlib.colors.to_rgba(early.get_color())
-    assert r == g == b  # greyscale
-    r, g, b, _ = matplotlib.colors.to_rgba(final.get_color())
-    assert not r == g == b  # colour
-    assert artists(ax, "diverged") and "5" in twin.get_ylabel() and "10" in ax.get_ylabel()
+    assert final.get_color() == early.get_color() and final.get_marker() == early.get_marker()  # one look
+    np.testing.assert_allclose(line(ax_f, "kd:best").get_xydata(), [[4, 74.0]])  # the best T moves
+    np.testing.assert_allclose(line(ax_e, "kd@5:best").get_xydata(), [[1, 50.0]])
+    assert artists(ax_f, "diverged")
+    for ax in fig.axes:  # each panel fits its own data: the early panel is not stretched to the final's
+        lo, hi = ax.get_ylim()
+        ys = line(ax, "kd" if ax is ax_f else "kd@5").get_ydata()
+        assert lo < min(ys) - 1 and hi > max(ys) + 1 and hi - lo < 3 * (max(ys) - min(ys) + 4)
 
 
 def test_fig3_default_early_point_is_the_latest_at_or_before_half_training():
     fig = figures.early_vs_final(fig3_table())
-    (twin,) = [a for a in fig.axes if a.get_gid() == "early"]
-    assert line(twin, "kd@5")
+    (early,) = [a for a in fig.axes if a.get_gid() == "early"]
+    assert line(early, "kd@5")
     assert figures.early_epochs(fig3_table()) == [2, 5]
 
 
@@ -308,7 +323,7 @@ def test_fig5_shows_kd_and_its_relational_ablations_only():
     fig = figures.relational(df)
     (ax,) = visible_axes(fig)
     gids = {l.get_gid() for l in ax.get_lines()}
-    assert gids == {"kd", "ls", "kd_shuffled", "kd_topk(k=5)", "tckd", "nckd", "ce", "teacher"}
+    assert gids == {"kd", "ls", "kd_shuffled", "kd_topk(k=5)", "tckd", "nckd", "ce"}  # teacher (90): a note
     for i, m in enumerate(["kd", "ls", "kd_shuffled", "tckd", "nckd"]):
         np.testing.assert_allclose(line(ax, m).get_ydata(), [61.0 + i, 64.0 + i])
     np.testing.assert_allclose(line(ax, "kd_topk(k=5)").get_ydata(), [51.0, 54.0])
@@ -383,7 +398,7 @@ def test_write_report_writes_every_supported_figure_and_both_tables(tmp_path, lo
     paths = write_report(study, store)
     figs = store.study_dir / "figures"
     stems = ["acc_vs_temperature", "acc_vs_temperature_by_duration", "early_vs_final", "sorted_softmax",
-             "relational"]
+             "relational", "paired_delta"]
     for stem in stems:
         for ext in ("pdf", "png"):
             assert (figs / f"{stem}.{ext}") in paths and (figs / f"{stem}.{ext}").stat().st_size > 0
@@ -443,6 +458,9 @@ def test_frank_davis_pairs_and_plan_prints_the_run_count(tmp_path, capsys):
     assert {str(t.init) for t in tf.teachers()} == {"None", "imagenet"}
     si = load_study(STUDIES / "student_init.py")
     assert {str(r.init) for r in si.students()} == {"None", "imagenet"}
+    gr = load_study(STUDIES / "granularity.py")
+    assert {(r.labels, r.teacher.labels) for r in gr.students()} == {("fine", "fine"), ("coarse", "coarse")}
+    assert {(r.teacher.model, r.model) for r in gr.students()} == pairs
     f3 = load_study(STUDIES / "fig3_early_vs_final.py")
     assert all(r.eval_epochs == (60, 120, 180) for r in f3.students())
     for name in STUDY_FILES:
@@ -470,7 +488,7 @@ def test_end_to_end_launch_then_figures(tmp_path):
     assert main(["launch", str(f), "--root", str(root), "--device", "cpu"]) == 0
     assert main(["figures", str(f), "--root", str(root)]) == 0
     sd = root / "e2e"
-    for stem in ("acc_vs_temperature", "early_vs_final", "sorted_softmax", "relational"):
+    for stem in ("acc_vs_temperature", "early_vs_final", "sorted_softmax", "relational", "paired_delta"):
         assert (sd / "figures" / f"{stem}.png").stat().st_size > 0
         assert (sd / "figures" / f"{stem}.pdf").stat().st_size > 0
     assert not (sd / "figures" / "acc_vs_temperature_by_duration.png").exists()  # one training length
@@ -490,3 +508,217 @@ def test_end_to_end_launch_then_figures(tmp_path):
         np.testing.assert_allclose(line(ax, m).get_ydata(), exp["acc1"].values)
     best = pd.read_csv(sd / "tables" / "best_temperature.csv")
     assert set(best["method_label"]) == {"kd", "ls"}
+
+
+# --------------------------------------------------------------------------- readable figures (issue 14)
+TEMPS11 = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40]
+SEVEN = ["kd", "ctkd", "dtkd", "kd_topk", "ls", "ttm"]
+
+
+def seven_method_table(teacher_acc=98.2, epochs_values=(10,)):
+    """A 241-run-like digits study: 6 methods x 11 T x 3 seeds + ce, a near-perfect teacher, an
+    early evaluation at epoch 5 far below the final accuracy."""
+    rng = np.random.default_rng(0)
+    rows = teacher_rows(acc=teacher_acc)
+    for ep in epochs_values:
+        for i, m in enumerate(SEVEN):
+            for T in TEMPS11:
+                base = 90 - 3 * abs(np.log2(T) - 2 - 0.3 * i) - i - (10 - ep) / 2
+                for s in range(3):
+                    rows += student_rows(m, T, s, base + rng.normal(0, 1), epochs=ep,
+                                         early={5: base - 35 + 4 * np.log2(T) + rng.normal(0, 2)})
+    for s in range(3):
+        rows += student_rows("ce", None, s, 80 + rng.normal(0, 1))
+    return frame(rows)
+
+
+def quickstart_table():
+    """The quickstart's shape: ce + kd at T in {1, 2, 4, 8, 16}, 3 seeds, evaluations at 10 and 20 of 30."""
+    rows = teacher_rows(acc=97.5, epochs=30)
+    for T in (1, 2, 4, 8, 16):
+        for s, off in enumerate(SEED_OFFSETS):
+            rows += student_rows("kd", T, s, 90 + T / 4 + off, epochs=30, early={10: 60 + T + off, 20: 85 + off})
+    for s, off in enumerate(SEED_OFFSETS):
+        rows += student_rows("ce", None, s, 88 + off, epochs=30, early={10: 55.0, 20: 80.0})
+    return frame(rows)
+
+
+def all_figures(df, band="ci"):
+    yield "fig1", figures.acc_vs_temperature(df, band=band)
+    yield "fig3", figures.early_vs_final(df, band=band)
+    yield "delta", figures.paired_delta(df)
+    if figures.supports_relational(df):
+        yield "fig5", figures.relational(df, band=band)
+
+
+@pytest.mark.parametrize("make", [seven_method_table, quickstart_table])
+def test_no_two_texts_of_any_figure_overlap(make):
+    df = make()
+    for name, fig in all_figures(df):
+        fig.set_dpi(60)
+        assert figures.overlapping_texts(fig) == [], name
+        plt.close(fig)
+    dur = seven_method_table(epochs_values=(6, 10))
+    fig = figures.acc_vs_temperature_by_duration(dur)
+    fig.set_dpi(60)
+    assert figures.overlapping_texts(fig) == []
+
+
+def test_no_text_overlaps_in_facets_side_by_side_panels_and_fig4(logits):
+    rows = []
+    for lab in ("fine", "coarse"):
+        rows += teacher_rows(f"T{lab}", 99.0)
+        for i in range(8):
+            for T in TEMPS11:
+                rows += seeds_rows(f"method_{i}", T, 60.0 + i + np.log2(T), labels=lab, teacher=f"T{lab}")
+    df = frame(rows)
+    for fig in (figures.acc_vs_temperature(df), figures.paired_delta(df), figures.sorted_softmax(logits, TEMPS11[:6])):
+        fig.set_dpi(60)
+        assert figures.overlapping_texts(fig) == []
+
+
+def test_overlap_check_sees_overlapping_texts():
+    fig, ax = plt.subplots()
+    ax.text(0.5, 0.5, "one text")
+    ax.text(0.5, 0.5, "another text")
+    assert ("one text", "another text") in figures.overlapping_texts(fig)
+
+
+def test_at_least_28_methods_get_pairwise_distinct_looks_and_keep_them():
+    labels = [f"m{i:02d}" for i in range(28)] + ["ce"]
+    looks = style.looks(labels)
+    distinct = {(lk.color, lk.marker, lk.linestyle) for lab, lk in looks.items() if lab != "ce"}
+    assert len(distinct) == 28
+    assert len({lk.color for lab, lk in looks.items() if lab in labels[:7]}) == 7  # 7 methods: 7 colours
+    assert looks["ce"] == style.REFERENCE_LOOK and looks["ce"].color not in style.OKABE_ITO
+    assert style.looks(reversed(labels)) == looks  # order-independent: same method, same look
+    df = seven_method_table()
+    fig1, fig3 = figures.acc_vs_temperature(df), figures.early_vs_final(df)
+    for m in SEVEN:
+        a, b = line(fig1.axes[0], m), line(fig3.axes[1], m)
+        assert (a.get_color(), a.get_marker(), a.get_linestyle()) == (b.get_color(), b.get_marker(), b.get_linestyle())
+
+
+def test_more_than_six_lines_are_split_into_facets_with_one_y_range():
+    rows = teacher_rows()
+    for i in range(8):
+        for T in (1, 4):
+            rows += seeds_rows(f"m{i}", T, 60.0 + i + T)
+    rows += seeds_rows("ce", None, 55.0)
+    fig = figures.acc_vs_temperature(frame(rows))
+    axes = visible_axes(fig)
+    assert len(axes) == 2
+    per = [{l.get_gid() for l in ax.get_lines()} - {"ce", "teacher"} for ax in axes]
+    assert per[0] | per[1] == {f"m{i}" for i in range(8)} and not per[0] & per[1]
+    assert all(len(p) <= figures.MAX_LINES for p in per)
+    assert all(artists(ax, "ce") for ax in axes) and axes[0].get_ylim() == axes[1].get_ylim()
+
+
+def test_fig2_draws_every_method_and_has_no_empty_axes():
+    fig = figures.acc_vs_temperature_by_duration(seven_method_table(epochs_values=(6, 10)))
+    assert sorted(ax.get_gid() for ax in fig.axes) == sorted(SEVEN)  # one panel per method here
+    for ax in fig.axes:
+        assert ax.get_visible() and artists(ax, "epochs=6") and artists(ax, "epochs=10")
+
+
+def test_teacher_annotation_never_changes_the_y_range():
+    low = seven_method_table(teacher_acc=99.9)
+    fig = figures.acc_vs_temperature(low)
+    ax = fig.axes[0]
+    no_teacher = figures.acc_vs_temperature(low[low["role"] == "student"]).axes[0]
+    assert ax.get_ylim() == no_teacher.get_ylim() and ax.get_ylim()[1] < 99.9
+    assert teacher_text(ax) == "teacher 99.9 (above)" and not artists(ax, "teacher")
+    inside = figures.acc_vs_temperature(seven_method_table(teacher_acc=85.0)).axes[0]
+    assert inside.get_ylim() == ax.get_ylim() and artists(inside, "teacher")  # dashed line where it fits
+    (t,) = [t for t in inside.texts if t.get_gid() == "teacher:text"]
+    assert t.get_position() == (0.02, 0.97) and t.get_transform() == inside.transAxes  # a corner, inside
+
+
+def test_band_ci_is_the_stats_interval_and_std_the_std_and_the_caption_says_which():
+    from analysis import stats
+    df = fig1_table()
+    ci = figures.acc_vs_temperature(df, band="ci")
+    sd = figures.acc_vs_temperature(df, band="std")
+    iv = stats.mean_interval([KD[4] + o for o in SEED_OFFSETS])
+    assert band_has(artists(ci.axes[0], "kd:band")[0], 4, iv.low, iv.high)
+    assert band_has(artists(sd.axes[0], "kd:band")[0], 4, KD[4] - 1, KD[4] + 1)
+    assert "95 % interval" in ci.legends[0].get_title().get_text()
+    assert "± 1 std" in sd.legends[0].get_title().get_text()
+    assert figures.band_caption("ci") != figures.band_caption("std")
+    near = frame(seeds_rows("kd", 1, 99.0) + seeds_rows("kd", 2, 98.0))  # a t interval past 100 % is cut there
+    assert figures.seed_stats(figures.final_test_rows(near), band="ci")["high"].max() == 100.0
+    with pytest.raises(ValueError):
+        figures.acc_vs_temperature(df, band="sem")
+
+
+def test_write_report_band_option_reaches_figures_and_captions(tmp_path):
+    store = RunStore(tmp_path, "q")
+    store.study_dir.mkdir(parents=True)
+    quickstart_table().to_parquet(store.study_dir / RESULTS)
+    study = Study(name="q", base=RunConfig(dataset="digits", model="mlp_s", epochs=2), reference_temperature=2)
+    write_report(study, store, band="std")
+    report = (store.study_dir / "report.md").read_text()
+    assert figures.band_caption("std")[1:] in report and figures.band_caption("ci")[1:] not in report
+    assert "## Figure 6: paired difference against T = 2" in report and "(figures/paired_delta.png)" in report
+    from tstudy.cli import _parser  # the CLI flag: tstudy figures --band std
+    assert _parser().parse_args(["figures", "s.py", "--band", "std"]).band == "std"
+    assert _parser().parse_args(["figures", "s.py"]).band == "ci"
+
+
+def test_paired_delta_figure_plots_stats_paired_deltas_with_a_zero_line():
+    from analysis import recommend, stats
+    df = seven_method_table()
+    fig = figures.paired_delta(df)
+    ax = fig.axes[0]
+    students = figures.final_test_rows(df).query("role == 'student' and status == 'done'")
+    d = stats.paired_deltas(students, "acc1", recommend.REFERENCE_T, [])
+    for m in SEVEN:
+        g = d[d["method_label"] == m].sort_values("temperature")
+        np.testing.assert_allclose(line(ax, m).get_ydata(), g["delta_mean"])
+        i = list(g["temperature"]).index(8.0)
+        assert band_has(artists(ax, f"{m}:band")[0], 8.0, g["delta_low"].iloc[i], g["delta_high"].iloc[i])
+    np.testing.assert_allclose(line(ax, "zero").get_ydata(), [0, 0])
+    np.testing.assert_allclose(line(ax, "reference").get_xdata(), [4, 4])
+    np.testing.assert_allclose(line(figures.paired_delta(df, 8.0).axes[0], "kd").get_ydata()[5], 0.0)
+
+
+def test_side_by_side_axes_put_values_in_one_row_with_one_y_range():
+    rows = []
+    for lab, acc in (("fine", 70.0), ("coarse", 85.0)):
+        rows += teacher_rows(f"T{lab}", 90.0)
+        for T in (1, 4):
+            rows += seeds_rows("kd", T, acc + T, labels=lab, teacher=f"T{lab}")
+    fig = figures.acc_vs_temperature(frame(rows))
+    a, b = fig.axes
+    assert {a.get_title(), b.get_title()} == {"labels=fine", "labels=coarse"}
+    assert a.get_ylim() == b.get_ylim() and abs(a.get_position().y0 - b.get_position().y0) < 1e-9
+    assert figures.SIDE_BY_SIDE == ["labels", "teacher_init", "init"]
+
+
+def test_missing_setting_values_are_one_value_and_no_rows_are_lost():
+    rows = seeds_rows("kd", 1, 70.0, image_size=None) + seeds_rows("kd", 4, 72.0, image_size=np.nan)
+    rows += seeds_rows("kd", 1, 60.0, image_size=64) + seeds_rows("kd", 4, 62.0, image_size=64)
+    df = frame(rows)
+    st = figures.final_test_rows(df).query("role == 'student'")
+    assert figures.settings(st) == ["image_size"]
+    fig = figures.acc_vs_temperature(df)
+    got = {ax.get_title(): list(line(ax, "kd").get_ydata()) for ax in fig.axes}
+    assert got == {"image_size=64": [60.0, 62.0], "image_size=none": [70.0, 72.0]}
+
+
+def test_student_init_side_by_side_per_model_row_with_a_missing_init():
+    rows = teacher_rows()
+    for model, add in (("tv_resnet18", 0.0), ("tv_mobilenet_v2", 10.0)):
+        for init, acc in ((None, 60.0), ("imagenet", 70.0)):
+            for T in (1, 4):
+                rows += seeds_rows("kd", T, acc + add + T, model=model, init=init)
+    fig = figures.acc_vs_temperature(frame(rows))
+    assert len(fig.axes) == 4
+    rows_of = {}
+    for ax in fig.axes:
+        rows_of.setdefault(round(ax.get_position().y0, 6), []).append(ax)
+    assert sorted(len(r) for r in rows_of.values()) == [2, 2]
+    for r in rows_of.values():
+        keys = [dict(kv.split("=") for kv in ax.get_title().split(", ")) for ax in r]
+        assert sorted(k["init"] for k in keys) == ["imagenet", "none"] and r[0].get_ylim() == r[1].get_ylim()
+        assert len({k["model"] for k in keys}) == 1  # one model per row

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     cmd("status", "state of each run, read from disk").add_argument("--all", action="store_true")
     cmd("collect", "write <root>/<study>/results.parquet")
     c = cmd("figures", "collect, then write the figures and report.md")
+    c.add_argument("--band", choices=("ci", "std"), default="ci",
+                   help="the shaded band around each mean over seeds: its 95 %% interval (ci, default) or ± 1 std")
     c = cmd("recommend", "collect, then recommend T per setting and method, with its uncertainty")
     c.add_argument("--by", metavar="FIELD,...", help="the fields that define a setting (default: those that vary)")
     c.add_argument("--select", choices=("final", "best", "val"),
@@ -251,7 +253,7 @@ def cmd_figures(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     from analysis.report import write_report
 
     cmd_collect(study, store, args)
-    paths = write_report(study, store)
+    paths = write_report(study, store, band=args.band)
     for p in paths:
         print(p)
     return 0

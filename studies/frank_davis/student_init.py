@@ -10,7 +10,7 @@ ImageNet weights (`init="imagenet"`, new head), both with the same student recip
 momentum 0.9, wd 5e-4, batch 64, 240 epochs, lr x 0.1 at 62.5/75/87.5%) so that init is the only
 change. The teacher is torchvision's ResNet-50 pretrained on ImageNet and finetuned on the target
 data (lr 0.01, 60 epochs, same schedule fractions). Hinton KD, T in {1, 2, 3, 4, 6, 8, 12, 16,
-24, 32, 40}; seeds 0, 1, 2. The figures put the two inits in separate panels (`init`).
+24, 32, 40}; seeds 0, 1, 2. The figures put the two inits side by side in one row (`init`).
 Runs: 1 teacher + 2 students x 2 inits x 11 T x 3 seeds = 133.
 
 Target-trained and pretrained-then-finetuned students are weights files: add

@@ -11,7 +11,7 @@ recipe (SGD lr 0.05, momentum 0.9, wd 5e-4, batch 64, 240 epochs, lr x 0.1 at 62
 once initialised from torchvision's ImageNet weights (`init="imagenet"`, new head) and finetuned
 with lr 0.01 for 60 epochs (same schedule fractions). Students resnet20 and resnet8x4 from scratch
 with Hinton KD and the standard recipe; T in {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40}; seeds 0, 1, 2.
-The figures put the two teachers in separate panels (`teacher_init`).
+The figures put the two teachers side by side in one row with one y-range (`teacher_init`).
 Runs: 2 teachers + 2 teachers x 2 students x 11 T x 3 seeds = 134.
 
 ImageNet weights are read from torchvision's cache (see `tstudy.models.weights`); on
