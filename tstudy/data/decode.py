@@ -43,7 +43,8 @@ def decode_train(jpeg, box, flip: bool, size: int) -> np.ndarray:
     """uint8 ``(size, size, 3)``: crop ``box`` = ``[top, left, h, w]``, resize bilinear (antialiased), flip."""
     top, left, h, w = (int(v) for v in box)
     img = _open(jpeg)
-    out = img.resize((size, size), BILINEAR, box=(left, top, left + w, top + h))
+    # crop, then resize: Image.resize(box=...) filters with pixels outside the box at its edges
+    out = img.crop((left, top, left + w, top + h)).resize((size, size), BILINEAR)
     if flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(out)

@@ -43,7 +43,7 @@ def rrc_boxes(heights: np.ndarray, widths: np.ndarray, rng: np.random.Generator,
     accepted if ``0 < w <= W`` and ``0 < h <= H``, top/left uniform integers; after ``attempts``
     rejections a centre crop of the whole image clamped to the ratio range), vectorised: all
     attempts of all images are drawn at once and the first accepted one is kept. The rng draws a
-    fixed amount per call (``2 * N * attempts`` uniforms, then ``2 * N`` integers).
+    fixed amount per call (``2 * N * attempts + 2 * N`` uniforms), whatever the outcome.
     """
     H = np.asarray(heights, dtype=np.int64).reshape(-1)
     W = np.asarray(widths, dtype=np.int64).reshape(-1)
@@ -77,8 +77,11 @@ def rrc_boxes(heights: np.ndarray, widths: np.ndarray, rng: np.random.Generator,
     bw = np.where(found, bw, fw)
     bh = np.where(found, bh, fh)
 
-    top = rng.integers(0, np.where(found, H - bh + 1, 1))
-    left = rng.integers(0, np.where(found, W - bw + 1, 1))
+    # uniform integers in [0, H - h] and [0, W - w] as floor(u * count): a fixed number of draws
+    # (rng.integers with array bounds draws a bound-dependent amount), bias < count / 2**53
+    u = rng.random((2, n))
+    top = np.minimum((u[0] * (H - bh + 1)).astype(np.int64), H - bh)
+    left = np.minimum((u[1] * (W - bw + 1)).astype(np.int64), W - bw)
     top = np.where(found, top, (H - bh) // 2)
     left = np.where(found, left, (W - bw) // 2)
     return np.stack([top, left, bh, bw], axis=1).astype(np.int64)
