@@ -1,0 +1,123 @@
+"""The streamed data path in the engine: a tiny class-per-folder set of JPEGs with augment="rrc_flip"
+trains end to end on the CPU, packed equals unpacked, and a run stopped within an epoch resumes
+to the metrics of the uninterrupted run."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from tstudy import RunConfig
+from tstudy.engine import RunEnv, train_run, train_runs
+from tstudy.errors import ConfigError
+from tstudy.store import DONE, INCOMPLETE, RunStore
+
+DROP = ["wall_time_s", "images_per_s", "host", "pack", "git_commit"]
+CLASSES, PER_CLASS = 4, 12
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """train/<class>/*.jpg (12 per class) and val/<class>/*.jpg (3 per class), varied sizes."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", PER_CLASS), ("val", 3)):
+        for c in range(CLASSES):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                h, w = int(rng.integers(36, 60)), int(rng.integers(36, 60))
+                base = np.zeros((h, w, 3), np.uint8)
+                base[..., c % 3] = 160 + 40 * (c // 3)
+                img = np.clip(base + rng.integers(0, 60, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i}.jpg", quality=90)
+    return root
+
+
+def cfgs(**kw):
+    base = dict(dataset="imagefolder", image_size=32, augment="rrc_flip", batch_size=8, lr=0.05, **kw)
+    teacher = RunConfig(model="cnn_s", epochs=2, **base)
+    student = RunConfig(model="cnn_s", teacher=teacher, method="kd", temperature=4.0, epochs=3, seed=1, **base)
+    return teacher, student
+
+
+def metrics(store, cfg):
+    return pd.read_parquet(store.run_dir(cfg) / "metrics.parquet").drop(columns=DROP, errors="ignore")
+
+
+def test_streamed_training_end_to_end_and_packed_equals_alone(tmp_path, folder):
+    teacher, kd = cfgs()
+    members = [kd.replace(temperature=1.0), kd]
+    alone, packed = RunStore(tmp_path / "a", "s"), RunStore(tmp_path / "p", "s")
+    env = RunEnv(data_root=str(folder), data_workers=0)
+    for store in (alone, packed):
+        assert train_run(teacher, store, env).status == DONE
+    assert (folder / "tstudy-store" / "train" / "meta.json").is_file()
+    for c in members:
+        assert train_run(c, alone, env).status == DONE
+    assert {s.status for s in train_runs(members, packed, env).values()} == {DONE}
+    for c in members:
+        a, b = metrics(alone, c), metrics(packed, c)
+        assert set(a["split"]) == {"train", "test"}
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    data = env.data(kd)
+    assert data.n_batches(8) == CLASSES * PER_CLASS // 8 and len(data.eval_splits()["test"]) == CLASSES * 3
+
+
+def test_stream_resumes_within_an_epoch(tmp_path, folder):
+    teacher, kd = cfgs(val_fraction=0.25)
+    ref, cut = RunStore(tmp_path / "r", "s"), RunStore(tmp_path / "c", "s")
+    env = RunEnv(data_root=str(folder), data_workers=0, checkpoint_steps=2)
+    for store in (ref, cut):
+        train_run(teacher, store, env)
+    assert train_run(kd, ref, env).status == DONE
+    stopped = RunEnv(data_root=str(folder), data_workers=0, checkpoint_steps=2, stop_after_step=(2, 2))
+    assert train_run(kd, cut, stopped).status == INCOMPLETE
+    ck = torch.load(cut.run_dir(kd) / "checkpoint.pt", weights_only=False)
+    assert (ck["epoch"], ck["step"]) == (1, 2)
+    assert train_run(kd, cut, env).status == DONE
+    a, b = metrics(ref, kd), metrics(cut, kd)
+    assert set(a["split"]) == {"train", "test", "val"}
+    cols = ["epoch", "split", "acc1", "acc5", "loss", "train_loss"]
+    pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
+
+
+def test_device_path_resumes_within_an_epoch(tmp_path, teacher_cfg, kd_cfg):
+    ref, cut = RunStore(tmp_path / "r", "s"), RunStore(tmp_path / "c", "s")
+    env = RunEnv(checkpoint_steps=3)
+    for store in (ref, cut):
+        train_run(teacher_cfg, store, env)
+    assert train_run(kd_cfg, ref, env).status == DONE
+    assert train_run(kd_cfg, cut, RunEnv(checkpoint_steps=3, stop_after_step=(2, 3))).status == INCOMPLETE
+    assert train_run(kd_cfg, cut, env).status == DONE
+    cols = ["epoch", "split", "acc1", "acc5", "loss", "train_loss"]
+    pd.testing.assert_frame_equal(metrics(ref, kd_cfg)[cols], metrics(cut, kd_cfg)[cols], check_exact=True)
+
+
+def test_rrc_flip_only_where_images_are_files():
+    with pytest.raises(ConfigError, match="augment: 'rrc_flip'"):
+        RunConfig(dataset="digits", model="mlp_s", augment="rrc_flip")
+    with pytest.raises(ConfigError, match="augment: imagenet"):
+        RunConfig(dataset="imagenet", model="tv_resnet18", augment="crop_flip")
+
+
+def test_missing_imagenet_names_every_path(tmp_path):
+    from tstudy.data.imagenet import locate_imagenet
+
+    with pytest.raises(ConfigError, match=f"imagenet: data not found; tried .*{tmp_path}"):
+        locate_imagenet(tmp_path)
+
+
+def test_packed_network_resumes_within_an_epoch(tmp_path, teacher_cfg, kd_cfg):
+    members = [kd_cfg.replace(temperature=1.0), kd_cfg]
+    ref, cut = RunStore(tmp_path / "r", "s"), RunStore(tmp_path / "c", "s")
+    env = RunEnv(checkpoint_steps=3, pack_mode="network")
+    for store in (ref, cut):
+        train_run(teacher_cfg, store, env)
+    assert {s.status for s in train_runs(members, ref, env).values()} == {DONE}
+    stopped = RunEnv(checkpoint_steps=3, pack_mode="network", stop_after_step=(3, 3))
+    assert {s.status for s in train_runs(members, cut, stopped).values()} == {INCOMPLETE}
+    assert {s.status for s in train_runs(members, cut, env).values()} == {DONE}
+    cols = ["epoch", "split", "acc1", "acc5", "loss", "train_loss"]
+    for c in members:
+        pd.testing.assert_frame_equal(metrics(ref, c)[cols], metrics(cut, c)[cols], check_exact=True)
