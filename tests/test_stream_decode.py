@@ -152,6 +152,24 @@ def test_clean_shutdown_on_exception(store):
     assert not [c for c in mp.active_children() if c in procs]
 
 
+def test_spawn_start_method(store):
+    plan = P.epoch_plan(store.sizes, 2, 0)
+    with DecoderPool(store) as p0, DecoderPool(store, workers=1, start_method="spawn") as p1:
+        _assert_same(_train(p1, plan), _train(p0, plan))
+
+
+def test_no_buffer_files_left(store, pools):
+    import tempfile
+
+    dirs = [d for d in ("/dev/shm", tempfile.gettempdir()) if Path(d).is_dir()]
+    before = {f for d in dirs for f in Path(d).glob("tstudy-decode-*")}
+    it = pools[4].train_batches(P.epoch_plan(store.sizes, 0, 0), 4, 32)
+    next(it)
+    it.close()
+    list(pools[1].test_batches(8, 36, 32))
+    assert {f for d in dirs for f in Path(d).glob("tstudy-decode-*")} == before
+
+
 def test_mismatched_plan_rejected(store):
     with DecoderPool(store) as pool, pytest.raises(ValueError):
         pool.train_batches(P.epoch_plan(store.sizes[:10], 0, 0), 4, 32)

@@ -19,6 +19,7 @@ import io
 import multiprocessing as mp
 import os
 import signal
+import tempfile
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterator
@@ -87,24 +88,51 @@ def _test_chunk(store: PackedStore, idx: np.ndarray, resize: int, crop: int,
     return out
 
 
-def _worker_train(idx, boxes, flips, size):
-    return _train_chunk(_STORE, idx, boxes, flips, size)
+_MAPS: dict[str, np.ndarray] = {}  # the output buffer of the current epoch (one at a time)
 
 
-def _worker_test(idx, resize, crop):
-    return _test_chunk(_STORE, idx, resize, crop)
+def _worker_out(path: str, nbytes: int, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+    buf = _MAPS.get(path)
+    if buf is None:
+        _MAPS.clear()
+        buf = _MAPS[path] = np.memmap(path, dtype=np.uint8, mode="r+", shape=(nbytes,))
+    return buf[offset:offset + int(np.prod(shape))].reshape(shape)
+
+
+def _worker_train(out, idx, boxes, flips, size) -> None:
+    _train_chunk(_STORE, idx, boxes, flips, size, out=_worker_out(*out, (len(idx), 3, size, size)))
+
+
+def _worker_test(out, idx, resize, crop) -> None:
+    _test_chunk(_STORE, idx, resize, crop, out=_worker_out(*out, (len(idx), 3, crop, crop)))
+
+
+def _buffer_dir(nbytes: int) -> str:
+    """/dev/shm when it has room (it is small in containers), else the temporary folder."""
+    for d in ("/dev/shm", tempfile.gettempdir()):
+        try:
+            st = os.statvfs(d)
+            if os.access(d, os.W_OK) and st.f_bavail * st.f_frsize > 2 * nbytes + (64 << 20):
+                return d
+        except OSError:
+            continue
+    return tempfile.gettempdir()
 
 
 # --------------------------------------------------------------------------- pool
 class DecoderPool:
     """Decodes plans into batches: uint8 ``[B, 3, S, S]`` (pinned when CUDA is available) + int64 labels.
 
-    ``workers=0`` decodes in this process; ``workers >= 1`` in that many spawned processes, with up
-    to ``prefetch`` batches in flight. Use as a context manager (or call :meth:`close`).
+    ``workers=0`` decodes in this process; ``workers >= 1`` in that many worker processes, with up
+    to ``prefetch`` batches in flight. Workers never inherit the parent's state: they start from a
+    forkserver (which imports this module once, so a worker starts in milliseconds) or, where
+    there is none or with ``start_method="spawn"``, spawned. Use as a context manager (or call
+    :meth:`close`); an exception or KeyboardInterrupt in the consumer shuts the workers down
+    (they ignore SIGINT and leave it to the parent).
     """
 
     def __init__(self, store: PackedStore | str | os.PathLike, workers: int = 0, prefetch: int = 4, *,
-                 pin_memory: bool | None = None, start_method: str = "spawn") -> None:
+                 pin_memory: bool | None = None, start_method: str | None = None) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.store = store if isinstance(store, PackedStore) else PackedStore(store)
@@ -117,7 +145,13 @@ class DecoderPool:
         self.pin_memory = pin_memory
         self._pool: ProcessPoolExecutor | None = None
         if workers:
-            self._pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(start_method),
+            if start_method is None:
+                start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            ctx = mp.get_context(start_method)
+            if start_method == "forkserver":
+                # the server imports this module once; workers fork from it (no torch import each)
+                ctx.set_forkserver_preload([__name__])
+            self._pool = ProcessPoolExecutor(workers, mp_context=ctx,
                                              initializer=_init_worker, initargs=(str(self.store.path),))
 
     # ---- lifecycle
@@ -154,37 +188,60 @@ class DecoderPool:
         bounds = np.linspace(0, n, k + 1).round().astype(int)
         return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
-    def _run(self, jobs: Iterator[tuple[np.ndarray, int, Callable]], local, remote):
-        """jobs: (indices, image size, args(a, b) -> the task arguments of rows a:b); yields (uint8 batch tensor, labels) in job order."""
+    def _run(self, jobs: Iterator[tuple[np.ndarray, Callable]], local, remote, rows: int, size: int):
+        """Yield (uint8 batch tensor, labels) per job, in job order.
+
+        jobs: (indices, args(a, b) -> the task arguments of rows a:b); at most ``rows`` indices
+        per job, images of ``size`` x ``size``. Workers write their chunks straight into a ring of
+        ``prefetch`` batch slots in a shared file mapping (no pickling of pixels); the parent
+        copies a finished batch out of its slot into a fresh (pinned) tensor and reuses the slot.
+        """
         if self._pool is None:
-            for idx, size, args in jobs:
+            for idx, args in jobs:
                 out = self._empty(len(idx), size)
                 local(self.store, idx, *args(0, len(idx)), out=out.numpy())
                 yield out, self._labels(idx)
             return
-        pending: deque[tuple[np.ndarray, int, list[tuple[int, int, Future]]]] = deque()
-        jobs = iter(jobs)
+        img_bytes = 3 * size * size
+        slot_bytes = rows * img_bytes
+        nbytes = max(1, self.prefetch * slot_bytes)
+        fd, path = tempfile.mkstemp(prefix="tstudy-decode-", suffix=".u8", dir=_buffer_dir(nbytes))
+        pending: deque[tuple[np.ndarray, int, list[Future]]] = deque()
         try:
+            os.ftruncate(fd, nbytes)
+            os.close(fd)
+            fd = -1
+            buf = np.memmap(path, dtype=np.uint8, mode="r+", shape=(nbytes,))
+            free = list(range(self.prefetch))
+            jobs = iter(jobs)
             while True:
-                while len(pending) < self.prefetch:
+                while free:
                     job = next(jobs, None)
                     if job is None:
                         break
-                    idx, size, args = job
-                    futs = [(a, b, self._pool.submit(remote, idx[a:b], *args(a, b))) for a, b in self._chunks(len(idx))]
-                    pending.append((idx, size, futs))
+                    idx, args = job
+                    slot = free.pop()
+                    futs = [self._pool.submit(remote, (path, nbytes, slot * slot_bytes + a * img_bytes), idx[a:b],
+                                              *args(a, b)) for a, b in self._chunks(len(idx))]
+                    pending.append((idx, slot, futs))
                 if not pending:
                     return
-                idx, size, futs = pending.popleft()
+                idx, slot, futs = pending.popleft()
+                for fut in futs:
+                    fut.result()
                 out = self._empty(len(idx), size)
-                view = out.numpy()
-                for a, b, fut in futs:
-                    view[a:b] = fut.result()
+                n = len(idx) * img_bytes
+                out.numpy().reshape(-1)[:] = buf[slot * slot_bytes:slot * slot_bytes + n]
+                free.append(slot)
                 yield out, self._labels(idx)
         finally:
             for _, _, futs in pending:
-                for _, _, fut in futs:
+                for fut in futs:
                     fut.cancel()
+            if fd >= 0:
+                os.close(fd)
+            buf = None
+            os.unlink(path)  # workers still writing into it keep their mapping until they move on
 
     def train_batches(self, plan: EpochPlan, batch_size: int, size: int,
                       start_step: int = 0) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:  # noqa: F821
@@ -198,9 +255,9 @@ class DecoderPool:
         def jobs():
             for step in range(start_step, n_steps):
                 idx, boxes, flips = plan.batch(step, batch_size)
-                yield idx, size, lambda a, b, boxes=boxes, flips=flips: (boxes[a:b], flips[a:b], size)
+                yield idx, lambda a, b, boxes=boxes, flips=flips: (boxes[a:b], flips[a:b], size)
 
-        return self._run(jobs(), _train_chunk, _worker_train)
+        return self._run(jobs(), _train_chunk, _worker_train, batch_size, size)
 
     def test_batches(self, batch_size: int, resize: int, crop: int) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:  # noqa: F821
         """The whole split in index order, fixed transform; the last batch may be short."""
@@ -211,6 +268,6 @@ class DecoderPool:
         def jobs():
             for s in range(0, n, batch_size):
                 idx = np.arange(s, min(s + batch_size, n), dtype=np.int64)
-                yield idx, crop, lambda a, b: (resize, crop)
+                yield idx, lambda a, b: (resize, crop)
 
-        return self._run(jobs(), _test_chunk, _worker_test)
+        return self._run(jobs(), _test_chunk, _worker_test, batch_size, crop)
