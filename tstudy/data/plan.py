@@ -52,18 +52,24 @@ def rrc_boxes(heights: np.ndarray, widths: np.ndarray, rng: np.random.Generator,
     if (H <= 0).any() or (W <= 0).any():
         raise ValueError("image sizes must be positive")
     n = H.shape[0]
-    area = (H * W).astype(np.float64)[:, None]
     log_r = np.log(np.asarray(ratio, dtype=np.float64))
-    target = area * rng.uniform(scale[0], scale[1], size=(n, attempts))
-    aspect = np.exp(rng.uniform(log_r[0], log_r[1], size=(n, attempts)))
-    w = np.round(np.sqrt(target * aspect)).astype(np.int64)  # round half to even, as Python's round
-    h = np.round(np.sqrt(target / aspect)).astype(np.int64)
-    ok = (w > 0) & (w <= W[:, None]) & (h > 0) & (h <= H[:, None])
-    found = ok.any(axis=1)
-    first = ok.argmax(axis=1)
-    rows = np.arange(n)
-    bw = np.where(found, w[rows, first], 0)
-    bh = np.where(found, h[rows, first], 0)
+    target = rng.uniform(scale[0], scale[1], size=(n, attempts))
+    target *= (H * W).astype(np.float64)[:, None]
+    aspect = rng.uniform(log_r[0], log_r[1], size=(n, attempts))
+    np.exp(aspect, out=aspect)
+    # first accepted attempt per row, one attempt at a time (bounded memory at ImageNet scale)
+    found = np.zeros(n, dtype=bool)
+    bw = np.zeros(n, dtype=np.int64)
+    bh = np.zeros(n, dtype=np.int64)
+    for a in range(attempts):
+        t, r = target[:, a], aspect[:, a]
+        w = np.round(np.sqrt(t * r)).astype(np.int64)  # round half to even, as Python's round
+        h = np.round(np.sqrt(t / r)).astype(np.int64)
+        ok = ~found & (w > 0) & (w <= W) & (h > 0) & (h <= H)
+        bw[ok] = w[ok]
+        bh[ok] = h[ok]
+        found |= ok
+    del target, aspect
 
     # fallback: torchvision's central crop, whole image clamped to the ratio range
     in_ratio = W / H
