@@ -171,8 +171,34 @@ def test_no_buffer_files_left(store, pools):
 
 
 def test_mismatched_plan_rejected(store):
-    with DecoderPool(store) as pool, pytest.raises(ValueError):
-        pool.train_batches(P.epoch_plan(store.sizes[:10], 0, 0), 4, 32)
+    with DecoderPool(store) as pool:
+        with pytest.raises(ValueError, match="do not fit"):
+            pool.train_batches(P.epoch_plan(np.full((40, 2), 500), 0, 0), 4, 32)
+        with pytest.raises(ValueError, match="outside"):
+            pool.train_batches(P.epoch_plan(np.full((41, 2), 10), 0, 0), 4, 32)
+        with pytest.raises(ValueError, match="outside"):
+            pool.test_batches(4, 36, 32, indices=[0, 40])
+
+
+def test_subset_plans_and_indices(store, pools):
+    """A plan over a subset of the store (mapped to store indices) and test batches over given indices."""
+    subset = np.arange(1, 40, 2)
+    p = P.epoch_plan(store.sizes[subset], 4, 1)
+    mapped = P.EpochPlan(p.seed, p.epoch, subset[p.order], p.boxes, p.flips)
+    idx = np.array([39, 0, 17, 3, 3])
+    with DecoderPool(store) as p0:
+        ref = _train(p0, mapped, bs=6)
+        ref_test = list(p0.test_batches(2, 36, 32, indices=idx))
+    assert len(ref) == 3
+    for k, (x, y) in enumerate(ref):
+        o, b, f = mapped.batch(k, 6)
+        np.testing.assert_array_equal(y.numpy(), store.labels[o])
+        np.testing.assert_array_equal(x[5].permute(1, 2, 0).numpy(), decode_train(store.jpeg(o[5]), b[5], f[5], 32))
+    assert [len(y) for _, y in ref_test] == [2, 2, 1]
+    np.testing.assert_array_equal(ref_test[1][0][0].permute(1, 2, 0).numpy(), decode_test(store.jpeg(17), 36, 32))
+    for pool in pools.values():
+        _assert_same(_train(pool, mapped, bs=6), ref)
+        _assert_same(list(pool.test_batches(2, 36, 32, indices=idx)), ref_test)
 
 
 @pytest.mark.skipif(not TINY_ZIP.is_file(), reason="Tiny-ImageNet train zip not found")

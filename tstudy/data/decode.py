@@ -16,6 +16,7 @@ This module imports torch lazily (only to hand out tensors), so worker processes
 from __future__ import annotations
 
 import io
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -188,20 +189,26 @@ class DecoderPool:
         bounds = np.linspace(0, n, k + 1).round().astype(int)
         return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
-    def _run(self, jobs: Iterator[tuple[np.ndarray, Callable]], local, remote, rows: int, size: int):
+    def _run(self, jobs: Iterator[tuple[np.ndarray, int, Callable]], local, remote):
         """Yield (uint8 batch tensor, labels) per job, in job order.
 
-        jobs: (indices, args(a, b) -> the task arguments of rows a:b); at most ``rows`` indices
-        per job, images of ``size`` x ``size``. Workers write their chunks straight into a ring of
+        jobs: (indices, image size, args(a, b) -> the task arguments of rows a:b); no job larger
+        than the first, all of one image size. Workers write their chunks straight into a ring of
         ``prefetch`` batch slots in a shared file mapping (no pickling of pixels); the parent
         copies a finished batch out of its slot into a fresh (pinned) tensor and reuses the slot.
         """
         if self._pool is None:
-            for idx, args in jobs:
+            for idx, size, args in jobs:
                 out = self._empty(len(idx), size)
                 local(self.store, idx, *args(0, len(idx)), out=out.numpy())
                 yield out, self._labels(idx)
             return
+        jobs = iter(jobs)
+        first = next(jobs, None)
+        if first is None:
+            return
+        jobs = itertools.chain([first], jobs)
+        rows, size = len(first[0]), first[1]
         img_bytes = 3 * size * size
         slot_bytes = rows * img_bytes
         nbytes = max(1, self.prefetch * slot_bytes)
@@ -219,7 +226,9 @@ class DecoderPool:
                     job = next(jobs, None)
                     if job is None:
                         break
-                    idx, args = job
+                    idx, job_size, args = job
+                    if len(idx) > rows or job_size != size:
+                        raise ValueError(f"a batch of {len(idx)} images of {job_size} px after one of {rows} of {size} px")
                     slot = free.pop()
                     futs = [self._pool.submit(remote, (path, nbytes, slot * slot_bytes + a * img_bytes), idx[a:b],
                                               *args(a, b)) for a, b in self._chunks(len(idx))]
@@ -245,9 +254,21 @@ class DecoderPool:
 
     def train_batches(self, plan: EpochPlan, batch_size: int, size: int,
                       start_step: int = 0) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:  # noqa: F821
-        """The full batches of ``plan`` from ``start_step`` on, in step order: (uint8 [B, 3, size, size], int64 [B])."""
-        if len(plan) != len(self.store):
-            raise ValueError(f"the plan has {len(plan)} images, the store {len(self.store)}")
+        """The full batches of ``plan`` from ``start_step`` on, in step order: (uint8 [B, 3, size, size], int64 [B]).
+
+        ``plan.order`` holds store indices: a plan over the whole store (``epoch_plan(store.sizes,
+        ...)``), or over a subset mapped to store indices (``EpochPlan(seed, epoch,
+        subset[plan.order], plan.boxes, plan.flips)`` for ``epoch_plan(store.sizes[subset], ...)``).
+        Every box must lie inside its stored image (checked up front).
+        """
+        order, boxes = plan.order, plan.boxes
+        n = len(self.store)
+        if len(order) and (order.min() < 0 or order.max() >= n):
+            raise ValueError(f"the plan's order holds indices outside the store's [0, {n})")
+        hw = self.store.sizes[order]
+        if ((boxes[:, :2] < 0).any() or (boxes[:, 2:] <= 0).any()
+                or (boxes[:, 0] + boxes[:, 2] > hw[:, 0]).any() or (boxes[:, 1] + boxes[:, 3] > hw[:, 1]).any()):
+            raise ValueError("the plan's boxes do not fit the store's images (a plan drawn for other sizes?)")
         n_steps = plan.n_steps(batch_size)
         if not 0 <= start_step <= n_steps:
             raise ValueError(f"start_step {start_step} outside [0, {n_steps}]")
@@ -255,19 +276,25 @@ class DecoderPool:
         def jobs():
             for step in range(start_step, n_steps):
                 idx, boxes, flips = plan.batch(step, batch_size)
-                yield idx, lambda a, b, boxes=boxes, flips=flips: (boxes[a:b], flips[a:b], size)
+                yield idx, size, lambda a, b, boxes=boxes, flips=flips: (boxes[a:b], flips[a:b], size)
 
-        return self._run(jobs(), _train_chunk, _worker_train, batch_size, size)
+        return self._run(jobs(), _train_chunk, _worker_train)
 
-    def test_batches(self, batch_size: int, resize: int, crop: int) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:  # noqa: F821
-        """The whole split in index order, fixed transform; the last batch may be short."""
+    def test_batches(self, batch_size: int, resize: int, crop: int,
+                     indices: np.ndarray | None = None) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:  # noqa: F821
+        """The whole split in index order (or the store ``indices`` given, in their order), fixed
+        transform (``Resize(resize)`` + ``CenterCrop(crop)``); the last batch may be short."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        n = len(self.store)
+        if indices is None:
+            indices = np.arange(len(self.store), dtype=np.int64)
+        else:
+            indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+            if len(indices) and (indices.min() < 0 or indices.max() >= len(self.store)):
+                raise ValueError(f"indices outside the store's [0, {len(self.store)})")
 
         def jobs():
-            for s in range(0, n, batch_size):
-                idx = np.arange(s, min(s + batch_size, n), dtype=np.int64)
-                yield idx, lambda a, b: (resize, crop)
+            for s in range(0, len(indices), batch_size):
+                yield indices[s:s + batch_size], crop, lambda a, b: (resize, crop)
 
-        return self._run(jobs(), _test_chunk, _worker_test, batch_size, crop)
+        return self._run(jobs(), _test_chunk, _worker_test)
