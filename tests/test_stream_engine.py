@@ -121,3 +121,43 @@ def test_packed_network_resumes_within_an_epoch(tmp_path, teacher_cfg, kd_cfg):
     cols = ["epoch", "split", "acc1", "acc5", "loss", "train_loss"]
     for c in members:
         pd.testing.assert_frame_equal(metrics(ref, c)[cols], metrics(cut, c)[cols], check_exact=True)
+
+
+def test_preemption_signal_checkpoints_at_the_next_step(tmp_path, teacher_cfg, kd_cfg, monkeypatch):
+    import os
+    import signal
+
+    from tstudy import engine
+    from tstudy.executors.workers import _checkpoint_now, preempt_signal
+
+    ref, cut = RunStore(tmp_path / "r", "s"), RunStore(tmp_path / "c", "s")
+    for store in (ref, cut):
+        train_run(teacher_cfg, store, RunEnv())
+    assert train_run(kd_cfg, ref, RunEnv()).status == DONE
+    real = engine.group_step
+
+    def signalled(group, pack, teacher, data, epoch, graphs):
+        step = real(group, pack, teacher, data, epoch, graphs)
+        inner = step.__call__
+
+        def call(x, y, i):
+            out = inner(x, y, i)
+            if (epoch, i) == (2, 4):
+                os.kill(os.getpid(), preempt_signal())  # as SLURM does before pre-emption
+            return out
+        return call
+
+    monkeypatch.setattr(engine, "group_step", signalled)
+    old = signal.signal(preempt_signal(), _checkpoint_now)
+    try:
+        state = train_run(kd_cfg, cut, RunEnv())
+    finally:
+        signal.signal(preempt_signal(), old)
+        engine._CHECKPOINT_NOW.clear()
+    assert state.status == INCOMPLETE and "pre-empted" in state.reason
+    ck = torch.load(cut.run_dir(kd_cfg) / "checkpoint.pt", weights_only=False)
+    assert (ck["epoch"], ck["step"]) == (1, 5)
+    monkeypatch.setattr(engine, "group_step", real)
+    assert train_run(kd_cfg, cut, RunEnv()).status == DONE
+    cols = ["epoch", "split", "acc1", "acc5", "loss", "train_loss"]
+    pd.testing.assert_frame_equal(metrics(ref, kd_cfg)[cols], metrics(cut, kd_cfg)[cols], check_exact=True)

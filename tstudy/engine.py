@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import traceback
 from contextlib import ExitStack
@@ -36,6 +37,17 @@ from tstudy.store import (DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunState,
                           parquet_intact, set_aside, write_status)
 
 PACK_MODES = ("auto", "sequential", "network")
+_CHECKPOINT_NOW = threading.Event()  # set by a pre-emption signal: checkpoint at the next step and stop
+
+
+def request_checkpoint() -> None:
+    """Ask the training in this process to checkpoint at the next step boundary and stop its runs
+    (``incomplete``); safe to call from a signal handler."""
+    _CHECKPOINT_NOW.set()
+
+
+def checkpoint_requested() -> bool:
+    return _CHECKPOINT_NOW.is_set()
 
 EpochCallback = Callable[[RunConfig, int, dict], None]
 StepCallback = Callable[[RunConfig, int, int, int], None]  # (cfg, epoch, steps done, steps per epoch)
@@ -466,10 +478,13 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
             if env.on_step is not None and (now := time.monotonic()) - told >= STEP_REPORT_S:
                 told = now
                 env.on_step(cfg, epoch, i + 1, n_steps)
-            if env.checkpoint_steps and (i + 1) % env.checkpoint_steps == 0 and i + 1 < n_steps and not failed:
+            preempted = _CHECKPOINT_NOW.is_set()
+            if (preempted or env.checkpoint_steps and (i + 1) % env.checkpoint_steps == 0) and i + 1 < n_steps \
+                    and not failed:
                 _save_steps(group, pack, epoch, i + 1, time.perf_counter() - t0)
-                if env.stop_after_step == (epoch, i + 1):
-                    return {s.cfg.run_id: RunState(INCOMPLETE, epoch - 1, "stopped on request") for s in group}
+                if preempted or env.stop_after_step == (epoch, i + 1):
+                    why = "pre-empted: checkpointed within the epoch" if preempted else "stopped on request"
+                    return {**results, **{s.cfg.run_id: RunState(INCOMPLETE, epoch - 1, why) for s in group}}
             if not failed:
                 continue
             if pack is not None:  # a method raised: that run fails, the others go on in a smaller pack

@@ -85,7 +85,7 @@ class EvalSplit:
         if self.indices is None:
             it = self.pool.test_batches(EVAL_BATCH, resize, size)
         else:
-            it = _subset_test(self.pool, self.indices, EVAL_BATCH, resize, size)
+            it = _subset_test(self.pool.store, self.indices, EVAL_BATCH, resize, size, self.data.workers)
         for x, y in it:
             yield self.data.to_device(x), self.data.to_device(y)
 
@@ -99,7 +99,7 @@ class StreamData:
         from tstudy.data.packed import PackedStore
         from tstudy.data.validation import split_indices
 
-        self.device = device
+        self.device, self.workers = device, workers
         self.train_pool = DecoderPool(PackedStore(train_store), workers)
         self.test_pool = DecoderPool(PackedStore(test_store), workers)
         store = self.train_pool.store
@@ -152,7 +152,7 @@ class StreamData:
 
     def epoch_batches(self, seed: int, epoch: int, batch_size: int, augment: str, start_step: int = 0):
         """Yield the normalised (images, labels) batches of one epoch from ``start_step`` on."""
-        from tstudy.data.plan import EpochPlan, epoch_plan
+        from tstudy.data.plan import epoch_plan
 
         if augment != "rrc_flip":
             raise ConfigError(f"augment: the streamed data path trains with 'rrc_flip', got {augment!r}")
@@ -161,34 +161,52 @@ class StreamData:
         size = self.splits.image_size
         if self.train_idx is None:
             it = self.train_pool.train_batches(plan, batch_size, size, start_step)
-        else:  # the plan is over the kept images; map its order to store indices
-            mapped = EpochPlan(plan.seed, plan.epoch, self.train_idx[plan.order], plan.boxes, plan.flips)
-            it = _subset_train(self.train_pool, mapped, batch_size, size, start_step)
+        else:  # the plan is over the kept images
+            it = _subset_train(self.train_pool, plan, self.train_idx, batch_size, size, start_step)
         for x, y in it:
             yield self.normalize(self.to_device(x)), self.to_device(y)
 
 
-def _subset_train(pool, plan, batch_size: int, size: int, start_step: int):
-    """``DecoderPool.train_batches`` for a plan over a subset of the store (val_fraction > 0)."""
-    from tstudy.data.decode import _train_chunk, _worker_train
+def _subset_train(pool, plan, keep: np.ndarray, batch_size: int, size: int, start_step: int):
+    """The batches of ``plan`` (over the kept images ``keep``, val_fraction > 0) from ``start_step``
+    on, through ``DecoderPool.train_batches``: the plan is extended to the whole store with the
+    held-out images last, and only the kept images' full batches are taken."""
+    from itertools import islice
 
-    def jobs():
-        for step in range(start_step, plan.n_steps(batch_size)):
-            idx, boxes, flips = plan.batch(step, batch_size)
-            yield idx, size, lambda a, b, boxes=boxes, flips=flips: (boxes[a:b], flips[a:b], size)
+    from tstudy.data.plan import EpochPlan
 
-    return pool._run(jobs(), _train_chunk, _worker_train)
+    n_store = len(pool.store)
+    rest = np.setdiff1d(np.arange(n_store), keep)
+    hw = pool.store.sizes[rest]
+    full = EpochPlan(plan.seed, plan.epoch, np.concatenate([keep[plan.order], rest]),
+                     np.concatenate([plan.boxes, np.stack([0 * hw[:, 0], 0 * hw[:, 0], hw[:, 0], hw[:, 1]], 1)]),
+                     np.concatenate([plan.flips, np.zeros(len(rest), bool)]))
+    return islice(pool.train_batches(full, batch_size, size, start_step), plan.n_steps(batch_size) - start_step)
 
 
-def _subset_test(pool, indices: np.ndarray, batch_size: int, resize: int, crop: int):
-    """``DecoderPool.test_batches`` over ``indices`` of the store, in that order."""
-    from tstudy.data.decode import _test_chunk, _worker_test
+def _subset_test(store, indices: np.ndarray, batch_size: int, resize: int, crop: int, threads: int):
+    """The test transform over ``indices`` of ``store``, in that order, decoded by ``threads``
+    threads (Pillow releases the GIL while decoding and resizing); the pixels of ``decode_test``."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    def jobs():
+    from tstudy.data.decode import decode_test
+
+    def one(i):
+        return decode_test(store.jpeg(int(i)), resize, crop)
+
+    with ThreadPoolExecutor(max(1, threads)) as ex:
         for s in range(0, len(indices), batch_size):
-            yield indices[s:s + batch_size], crop, lambda a, b: (resize, crop)
+            idx = indices[s:s + batch_size]
+            x = np.stack(list(ex.map(one, idx))).transpose(0, 3, 1, 2)
+            yield torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(store.labels[idx], np.int64))
 
-    return pool._run(jobs(), _test_chunk, _worker_test)
+
+def stream_info(cfg: RunConfig, data_root: str | None) -> StreamInfo:
+    """What preflight checks (classes, image size) of a streamed run; builds nothing."""
+    from tstudy.data.imagenet import class_names
+
+    names = class_names(cfg.dataset, data_root)
+    return StreamInfo(cfg.dataset, len(names), cfg.image_size or DEFAULT_IMAGE_SIZE, names)
 
 
 def open_stream(cfg: RunConfig, data_root: str | None, device: torch.device, workers: int | None) -> StreamData:

@@ -96,6 +96,21 @@ def stores(dataset: str, root) -> tuple[Path, Path]:
     return train_dest, test_dest
 
 
+def class_names(dataset: str, root) -> list[str]:
+    """The classes of ``dataset`` without building anything: from a finished store, else the
+    sorted class folders under ``train/`` (missing data: the one-line error of the locate step)."""
+    import json
+
+    folder, test = locate_imagenet(root) if dataset == "imagenet" else locate_imagefolder(root)
+    meta = folder / STORE_DIR / "train" / "meta.json"
+    if meta.is_file():
+        return list(json.loads(meta.read_text())["classes"])
+    classes = sorted(e.name for e in os.scandir(folder / "train") if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"{dataset}: no class folders in {folder / 'train'}")
+    return classes
+
+
 @DATASETS.register("imagenet")
 def load_imagenet(root=None, image_size: int | None = None, labels: str = "fine", download: bool = False):
     """ImageNet is never held in memory: the engine streams it (tstudy.stream_data)."""
