@@ -152,6 +152,52 @@ def test_clean_shutdown_on_exception(store):
     assert not [c for c in mp.active_children() if c in procs]
 
 
+CTRL_C = """
+import os, signal, sys
+from tstudy.data.decode import DecoderPool
+from tstudy.data.packed import PackedStore
+from tstudy.data.plan import epoch_plan
+
+if __name__ == "__main__":
+    s = PackedStore(sys.argv[1])
+    with DecoderPool(s, workers=2, start_method=sys.argv[2]) as pool:
+        for step, _ in enumerate(pool.train_batches(epoch_plan(s.sizes, 0, 0), 4, 32)):
+            print(" ".join(str(p) for p in pool._pool._processes), flush=True)
+            os.killpg(os.getpgid(0), signal.SIGINT)  # Ctrl-C: the whole process group
+"""
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_ctrl_c_leaves_no_processes_or_warnings(store, tmp_path, method):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    r = subprocess.run([sys.executable, str(script), str(store.path), method], capture_output=True, text=True,
+                       env=env, timeout=60, start_new_session=True)
+    assert r.returncode != 0 and "KeyboardInterrupt" in r.stderr
+    assert "resource_tracker" not in r.stderr and "leaked" not in r.stderr and "Warning" not in r.stderr
+    pids = [int(p) for p in r.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive
+
+
 def test_spawn_start_method(store):
     plan = P.epoch_plan(store.sizes, 2, 0)
     with DecoderPool(store) as p0, DecoderPool(store, workers=1, start_method="spawn") as p1:

@@ -142,7 +142,26 @@ def test_finished_store_not_rebuilt(folder, tmp_path, monkeypatch):
 
     monkeypatch.setattr(packed, "_prepare", boom)
     assert build_store(root, dest, progress=False) == dest
+    assert build_store(root / "gone", dest, progress=False) == dest  # the source is not read
     assert (dest / "data.bin").stat().st_mtime_ns == before
+    with pytest.raises(StoreError, match="max_side"):
+        build_store(root, dest, max_side=32, progress=False)
+
+
+def test_checkpoint_of_other_parameters_ignored(folder, tmp_path, monkeypatch):
+    """An unfinished build resumed with another max_side starts over (and ends like a fresh build)."""
+    root, _ = folder
+
+    def hook(i):
+        if i == 12:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(packed, "_after_item", hook)
+    with pytest.raises(RuntimeError):
+        build_store(root, tmp_path / "s", progress=False, checkpoint_every=4)
+    monkeypatch.setattr(packed, "_after_item", lambda i: None)
+    build_store(root, tmp_path / "s", max_side=50, progress=False)
+    _same_store(build_store(root, tmp_path / "ref", max_side=50, progress=False), tmp_path / "s")
 
 
 def test_progress_bar_on_stderr(folder, tmp_path, capsys):

@@ -216,13 +216,19 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
                 checkpoint_every: int = 1000) -> Path:
     """Pack the images of ``source`` into the store ``dest`` (see the module docstring); returns ``dest``.
 
-    A finished store (``meta.json`` present) is returned as it is; an unfinished one is resumed.
+    A finished store (``meta.json`` present) is returned as it is (without reading ``source``; an
+    error if it was built with another ``layout`` or ``max_side``); an unfinished one is resumed
+    (from scratch if its checkpoint is of other parameters or other source images).
     """
     source, dest = Path(source), Path(dest)
-    if (dest / "meta.json").is_file():
-        return dest
     if layout == "zip":
         layout = "imagefolder"
+    if (dest / "meta.json").is_file():
+        meta = json.loads((dest / "meta.json").read_text())
+        if meta.get("layout") != layout or meta.get("max_side") != max_side:
+            raise StoreError(f"{dest}: a finished store of layout {meta.get('layout')!r}, max_side "
+                             f"{meta.get('max_side')}; asked for {layout!r}, {max_side} (remove it to rebuild)")
+        return dest
     if layout not in LAYOUTS:
         raise StoreError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
     if max_side is not None and max_side <= 0:
