@@ -275,3 +275,19 @@ def test_real_tiny_imagenet(tmp_path, pools):
         if flip:
             img = TF.hflip(img)
         np.testing.assert_array_equal(a[pos // 32][0][pos % 32].permute(1, 2, 0).numpy(), np.asarray(img))
+
+
+def test_stream_bench_runs(tmp_path):
+    """python -m tstudy.bench --data stream, tiny: both image sets, workers 0 and 1, a JSON with ratios."""
+    import json
+
+    from tstudy.bench import main
+
+    make_folder(tmp_path / "src", n=24)
+    out = tmp_path / "b.json"
+    res = main(["--data", "stream", "--images", "12", "--source", str(tmp_path / "src"), "--workers", "0,1",
+                "--repeats", "1", "--batch-size", "4", "--keep", str(tmp_path / "keep"), "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["set"], r["workers"]) for r in rows] == [("tiny64", 0), ("tiny64", 1), ("synth224", 0), ("synth224", 1)]
+    assert rows[0]["images_per_epoch"] == 24 and rows[2]["images_per_epoch"] == 12
+    assert all(r["ratio"] > 0 for r in rows) and res["environment"]["cpu_count"]

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import tempfile
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per loader (median; default 3)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--keep", default=None, metavar="DIR", help="build images and stores in DIR and keep them")
-    p.add_argument("--out", default="results/bench/stream-cpu-vm.json", help="JSON path")
+    p.add_argument("--out", default=None, help="JSON path (default results/bench/stream-cpu-<host>.json; '' for none)")
     args = p.parse_args(argv)
 
     import torch
@@ -223,6 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
            "repeats": args.repeats, "sets": notes, "results": rows,
            "note": "images/s: medians over repeats of full epochs (full batches) after a warm-up epoch; "
                    "ratio = DecoderPool / torchvision DataLoader with the same number of workers"}
+    if args.out is None:
+        host = re.sub(r"[^a-z0-9]+", "-", platform.node().lower()).strip("-") or "host"
+        args.out = f"results/bench/stream-cpu-{host}.json"
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
