@@ -161,3 +161,23 @@ def test_preemption_signal_checkpoints_at_the_next_step(tmp_path, teacher_cfg, k
     assert train_run(kd_cfg, cut, RunEnv()).status == DONE
     cols = ["epoch", "split", "acc1", "acc5", "loss", "train_loss"]
     pd.testing.assert_frame_equal(metrics(ref, kd_cfg)[cols], metrics(cut, kd_cfg)[cols], check_exact=True)
+
+
+def test_batches_do_not_depend_on_decoder_workers(folder):
+    from tstudy.data.imagenet import stores
+    from tstudy.stream_data import StreamData
+
+    train, test = stores("imagefolder", folder)
+    out = []
+    for workers in (0, 2):
+        data = StreamData(train, test, "imagefolder", 32, 0.25, torch.device("cpu"), workers)
+        try:
+            batches = [x for x, _ in data.epoch_batches(3, 2, 8, "rrc_flip", start_step=1)]
+            evals = {k: [x for x, _ in v] for k, v in data.eval_splits().items()}
+        finally:
+            data.close()
+        out.append((batches, evals))
+    (b0, e0), (b2, e2) = out
+    assert len(b0) == 3 and all(torch.equal(a, b) for a, b in zip(b0, b2))
+    assert e0.keys() == e2.keys() == {"train", "test", "val"}
+    assert all(torch.equal(a, b) for k in e0 for a, b in zip(e0[k], e2[k]))
