@@ -181,3 +181,27 @@ def test_batches_do_not_depend_on_decoder_workers(folder):
     assert len(b0) == 3 and all(torch.equal(a, b) for a, b in zip(b0, b2))
     assert e0.keys() == e2.keys() == {"train", "test", "val"}
     assert all(torch.equal(a, b) for k in e0 for a, b in zip(e0[k], e2[k]))
+
+
+def test_imagenet_layout_flat_val_trains(tmp_path):
+    root = tmp_path / "imagenet"
+    rng = np.random.default_rng(1)
+    wnids = ["n01", "n02", "n03"]
+    lines = ["ImageId,PredictionString"]
+    for c, w in enumerate(wnids):
+        (root / "train" / w).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "train" / w / f"{w}_{i}.JPEG")
+    (root / "val").mkdir()
+    for i in range(6):
+        name = f"ILSVRC2012_val_{i + 1:08d}"
+        Image.fromarray(rng.integers(0, 255, (44, 40, 3), dtype=np.uint8)).save(root / "val" / f"{name}.JPEG")
+        lines.append(f"{name},{wnids[i % 3]} 1 2 3 4")
+    (root / "LOC_val_solution.csv").write_text("\n".join(lines) + "\n")
+    cfg = RunConfig(dataset="imagenet", model="cnn_s", image_size=32, batch_size=8, epochs=1, lr=0.05)
+    env = RunEnv(data_root=str(tmp_path), data_workers=0)
+    assert train_run(cfg, RunStore(tmp_path / "res", "s"), env).status == DONE
+    assert (root / "tstudy-store" / "val" / "meta.json").is_file()
+    data = env.data(cfg)
+    assert data.num_classes == 3 and len(data.eval_splits()["test"]) == 6
+    assert [int(v) for _, y in data.eval_splits()["test"] for v in y] == [0, 1, 2, 0, 1, 2]
