@@ -137,6 +137,18 @@ def test_abandoned_iterator_and_reuse(store, pools):
     assert torch.equal(again[0][0], first[0])
 
 
+def test_interleaved_iterators(store, pools):
+    """A test pass in the middle of a training epoch, on the same pool (as a mid-epoch evaluation)."""
+    plan = P.epoch_plan(store.sizes, 3, 3)
+    with DecoderPool(store) as p0:
+        ref, ref_test = _train(p0, plan, bs=4), list(p0.test_batches(8, 36, 32))
+    for pool in pools.values():
+        it = pool.train_batches(plan, 4, 32)
+        got = [next(it), next(it)]
+        _assert_same(list(pool.test_batches(8, 36, 32)), ref_test)
+        _assert_same(got + list(it), ref)
+
+
 def test_clean_shutdown_on_exception(store):
     """An exception in the consumer (as KeyboardInterrupt would) shuts every worker down."""
     plan = P.epoch_plan(store.sizes, 0, 0)

@@ -89,14 +89,17 @@ def _test_chunk(store: PackedStore, idx: np.ndarray, resize: int, crop: int,
     return out
 
 
-_MAPS: dict[str, np.ndarray] = {}  # the output buffer of the current epoch (one at a time)
+_MAPS: dict[str, np.ndarray] = {}  # output buffers of the latest iterators (two may interleave)
+_MAX_MAPS = 2
 
 
 def _worker_out(path: str, nbytes: int, offset: int, shape: tuple[int, ...]) -> np.ndarray:
-    buf = _MAPS.get(path)
+    buf = _MAPS.pop(path, None)
     if buf is None:
-        _MAPS.clear()
-        buf = _MAPS[path] = np.memmap(path, dtype=np.uint8, mode="r+", shape=(nbytes,))
+        while len(_MAPS) >= _MAX_MAPS:  # an iterator's file is unlinked when it ends; unmap the oldest
+            del _MAPS[next(iter(_MAPS))]
+        buf = np.memmap(path, dtype=np.uint8, mode="r+", shape=(nbytes,))
+    _MAPS[path] = buf  # most recent last
     return buf[offset:offset + int(np.prod(shape))].reshape(shape)
 
 
