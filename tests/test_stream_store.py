@@ -224,3 +224,20 @@ def test_errors(tmp_path):
         build_store(tmp_path / "empty", tmp_path / "s", progress=False)
     with pytest.raises(StoreError):
         build_store(tmp_path / "empty", tmp_path / "s", layout="nope", progress=False)
+
+
+def test_workers_build_the_same_store(folder, tmp_path, monkeypatch):
+    """Re-encoding in worker processes, interrupted and resumed, gives the store of a serial build."""
+    root, _ = folder
+    ref = build_store(root, tmp_path / "ref", max_side=50, progress=False)
+
+    def hook(i):
+        if i == 25:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(packed, "_after_item", hook)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(root, tmp_path / "s", max_side=50, progress=False, checkpoint_every=8, workers=2)
+    monkeypatch.setattr(packed, "_after_item", lambda i: None)
+    build_store(root, tmp_path / "s", max_side=50, progress=False, workers=2)
+    _same_store(ref, tmp_path / "s")

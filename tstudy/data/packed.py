@@ -176,6 +176,38 @@ def _prepare(data: bytes, max_side: int | None) -> tuple[bytes, int, int]:
         return out.getvalue(), h, w
 
 
+def _prepare_many(datas: list[bytes], max_side: int | None) -> list[tuple[bytes, int, int]]:
+    return [_prepare(d, max_side) for d in datas]
+
+
+def _prepared(items: _Items, start: int, max_side: int | None, workers: int, chunk: int = 16):
+    """(stored bytes, height, width) of images ``start``... in order; in ``workers`` processes if > 0."""
+    n = len(items.names)
+    if workers <= 0:
+        for i in range(start, n):
+            yield _prepare(items.read(items.names[i]), max_side)
+        return
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
+    window: deque = deque()
+    try:
+        i = start
+        while i < n or window:
+            while i < n and len(window) < 4 * workers:
+                j = min(n, i + chunk)
+                window.append(pool.submit(_prepare_many, [items.read(items.names[k]) for k in range(i, j)], max_side))
+                i = j
+            yield from window.popleft().result()
+    finally:
+        for fut in window:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _after_item(i: int) -> None:
     """Called after each image is appended (a hook for tests that interrupt a build)."""
 
@@ -213,12 +245,13 @@ def _params(source: Path, layout: str, max_side: int | None, items: _Items) -> d
 
 def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_side: int | None = None,
                 progress: bool = True, classes: Sequence[str] | None = None, ground_truth: Path | None = None,
-                checkpoint_every: int = 1000) -> Path:
+                checkpoint_every: int = 1000, workers: int = 0) -> Path:
     """Pack the images of ``source`` into the store ``dest`` (see the module docstring); returns ``dest``.
 
     A finished store (``meta.json`` present) is returned as it is (without reading ``source``; an
     error if it was built with another ``layout`` or ``max_side``); an unfinished one is resumed
-    (from scratch if its checkpoint is of other parameters or other source images).
+    (from scratch if its checkpoint is of other parameters or other source images). ``workers``
+    > 0 re-encodes in that many processes (the store is the same for any number).
     """
     source, dest = Path(source), Path(dest)
     if layout == "zip":
@@ -259,8 +292,8 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
                     fh.flush()
                     os.fsync(fh.fileno())
 
-            for i in range(done, n):
-                data, h, w = _prepare(items.read(items.names[i]), max_side)
+            def write(i: int, data: bytes, h: int, w: int) -> None:
+                nonlocal size, done
                 f.write(data)
                 r.write(np.array([size, len(data), h, w], np.int64).tobytes())
                 size += len(data)
@@ -270,6 +303,13 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
                     write_json(ckpt, {"params": params, "done": done, "bytes": size})
                 bar.update(done)
                 _after_item(i)
+
+            prepared = _prepared(items, done, max_side, workers)
+            try:
+                for i, (data, h, w) in enumerate(prepared, start=done):
+                    write(i, data, h, w)
+            finally:
+                prepared.close()
             sync()
         bar.update(n, force=True)
         rows = np.fromfile(rows_path, dtype=np.int64).reshape(-1, 4)
