@@ -205,3 +205,37 @@ def test_imagenet_layout_flat_val_trains(tmp_path):
     data = env.data(cfg)
     assert data.num_classes == 3 and len(data.eval_splits()["test"]) == 6
     assert [int(v) for _, y in data.eval_splits()["test"] for v in y] == [0, 1, 2, 0, 1, 2]
+
+
+STUDY = """
+from tstudy import RunConfig, Study
+
+DATA = dict(dataset="imagefolder", image_size=32, augment="rrc_flip", batch_size=8, lr=0.05)
+TEACHER = RunConfig(model="cnn_s", epochs=1, **DATA)
+study = Study(name="{name}", base=RunConfig(model="cnn_s", teacher=TEACHER, method="kd", temperature=4,
+                                            epochs=2, **DATA),
+              axes={{"temperature": [1, 4]}}, seeds=[0])
+"""
+
+
+def test_cli_launch_streamed_packed_equals_unpacked(tmp_path, folder, capsys):
+    from tstudy.cli import main
+    from tstudy.results import collect
+    from tstudy.study import load_study
+
+    tables = []
+    for name, pack in (("alone", "1"), ("packed", "2")):
+        f = tmp_path / f"{name}.py"
+        f.write_text(STUDY.format(name=name))
+        args = ["launch", str(f), "--root", str(tmp_path / name), "--device", "cpu", "--data-root", str(folder),
+                "--data-workers", "0", "--pack", pack]
+        assert main(args + ["--dry-run"]) == 0
+        assert main(args) == 0
+        study = load_study(f)
+        t = collect(study, RunStore(tmp_path / name, study.name))[0]
+        assert t.loc[t["method"] == "kd", "pack"].eq(int(pack)).all()
+        tables.append(t.drop(columns=[c for c in t.columns if c in DROP or c == "study"]).sort_values(
+            ["run_id", "epoch", "split"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
+    assert main(["launch", str(tmp_path / "alone.py"), "--root", str(tmp_path / "x"), "--data-workers", "-1"]) == 2
+    assert "--data-workers: must be >= 0" in capsys.readouterr().err
