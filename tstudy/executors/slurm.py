@@ -280,7 +280,7 @@ class TrainJob:
     def __call__(self) -> dict[str, str]:
         from tstudy.engine import resolve_device
         from tstudy.engine import checkpoint_requested
-        from tstudy.executors.workers import EnvSpec, Progress, _checkpoint_now, gpu_slots, preempt_signal, run_packs
+        from tstudy.executors.workers import EnvSpec, Progress, _forward_preemption, gpu_slots, preempt_signal, run_packs
 
         packs = [Pack(p) for p in self.job_packs()]
         runs = [r for p in packs for r in p.runs]
@@ -299,7 +299,7 @@ class TrainJob:
         progress = Progress(len(runs), workers, tty=False, out=sys.stdout, say=_say)
         sig = preempt_signal()
         submitit_handler = signal.getsignal(sig)
-        signal.signal(sig, _checkpoint_now)  # the engine checkpoints at the next step boundary and stops
+        signal.signal(sig, _forward_preemption)  # every training process checkpoints at its next step, then stops
         try:
             outcomes = run_packs(packs, store, spec, workers, threads, progress,
                                  gpus=gpu_slots(spec.device, workers))

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 from tstudy.config import RunConfig
 from tstudy.lock import describe, read_lock
 from tstudy.planning import Pack
-from tstudy.store import DONE, FAILED, RUNNING, RunStore
+from tstudy.store import DONE, FAILED, INCOMPLETE, RUNNING, RunStore
 
 SKIPPED = "skipped"
 POLL_S = 1.0
@@ -114,6 +114,10 @@ def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: in
                         waited.add(p.after)
                         owner = describe(read_lock(store.run_dir(p.after) / "lock"))
                         progress.say(f"waiting for teacher {p.after}, trained by {owner}")
+            if remaining and _preempted():  # checkpointing for pre-emption: start nothing new
+                for p in remaining:
+                    results.update({r.run_id: Outcome(INCOMPLETE, "pre-empted before it started") for r in p.runs})
+                remaining = []
             while pool.free() and (p := _first_ready(remaining, here, store)) is not None:
                 i = remaining.index(p)
                 remaining.remove(p)
@@ -136,6 +140,22 @@ def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: in
         pool.close()
         progress.close()
     return results
+
+
+def _preempted() -> bool:
+    """Whether a pre-emption signal asked this process to checkpoint and stop (engine not imported)."""
+    engine = sys.modules.get("tstudy.engine")
+    return engine is not None and engine.checkpoint_requested()
+
+
+def _forward_preemption(signum: int, frame: Any) -> None:
+    """The launching process's handler: stop dispatching, and pass the signal to the worker processes."""
+    _checkpoint_now(signum, frame)
+    for child in mp.active_children():  # the training workers only, not decoder processes
+        if not child.name.startswith("tstudy-worker-"):
+            continue
+        with contextlib.suppress(OSError):
+            os.kill(child.pid, signum)
 
 
 def _first_ready(remaining: list[Pack], here: set[str], store: RunStore) -> Pack | None:
