@@ -179,8 +179,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("method", ["forkserver", "spawn"])
-def test_ctrl_c_leaves_no_processes_or_warnings(store, tmp_path, method):
+def test_ctrl_c_leaves_no_processes_or_warnings(store, tmp_path, method="forkserver"):
     import os
     import subprocess
     import sys

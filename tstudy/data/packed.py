@@ -346,9 +346,17 @@ class PackedStore:
             self.nbytes = ix["nbytes"]
             self.labels = ix["labels"]
             self.sizes = np.stack([ix["heights"], ix["widths"]], axis=1).astype(np.int64)
-            self.names = ix["names"]
         self.classes: list[str] = list(self.meta["classes"])
         self._data: np.ndarray | None = None
+        self._names: np.ndarray | None = None
+
+    @property
+    def names(self) -> np.ndarray:
+        """The images' paths in the source (read on first use: 100+ MB at ImageNet scale)."""
+        if self._names is None:
+            with np.load(self.path / "index.npz") as ix:
+                self._names = ix["names"]
+        return self._names
 
     def _map(self) -> np.ndarray:
         if self._data is None:
