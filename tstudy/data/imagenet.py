@@ -38,7 +38,7 @@ def locate_imagenet(root) -> tuple[Path, str]:
     explicit = [Path(root).expanduser()] if root is not None else []
     tried = []
     for cand in explicit + [r / SUBFOLDER for r in data_roots(root)]:
-        tried.append(f"{cand}/train+val")
+        tried.append(f"{cand.absolute()}/train+val")
         if _store_ready(cand, "val") or ((cand / "train").is_dir() and (cand / "val").is_dir()):
             return cand, "val"
     raise not_found("imagenet", tried, "put ILSVRC-2012 as imagenet/train/<wnid>/*.JPEG and imagenet/val/ "
