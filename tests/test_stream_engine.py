@@ -239,3 +239,34 @@ def test_cli_launch_streamed_packed_equals_unpacked(tmp_path, folder, capsys):
     pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
     assert main(["launch", str(tmp_path / "alone.py"), "--root", str(tmp_path / "x"), "--data-workers", "-1"]) == 2
     assert "--data-workers: must be >= 0" in capsys.readouterr().err
+
+
+def test_slurm_job_checkpoints_then_hands_over_to_submitit(tmp_path, teacher_cfg, monkeypatch):
+    import os
+    import signal
+
+    from tstudy import engine
+    from tstudy.executors import slurm, workers
+    from tstudy.executors.slurm import TrainJob
+
+    calls = []
+
+    def fake_run_packs(packs, store, spec, *a, **k):
+        os.kill(os.getpid(), workers.preempt_signal())  # SLURM's warning, while training
+        assert engine.checkpoint_requested() and not calls  # noted, submitit's handler not yet run
+        return {r.run_id: workers.Outcome("incomplete", "pre-empted") for p in packs for r in p.runs}
+
+    def submitit_handler(signum, frame):
+        calls.append(signum)
+        raise SystemExit(-1)
+
+    monkeypatch.setattr(workers, "run_packs", fake_run_packs)
+    monkeypatch.setattr(slurm, "clear_dead_job_lock", lambda d: None)
+    old = signal.signal(workers.preempt_signal(), submitit_handler)
+    try:
+        with pytest.raises(SystemExit):
+            TrainJob([[teacher_cfg]], str(tmp_path), "s", "cpu", checkpoint_steps=5)()
+    finally:
+        signal.signal(workers.preempt_signal(), old)
+        engine._CHECKPOINT_NOW.clear()
+    assert calls == [workers.preempt_signal()]
