@@ -82,11 +82,7 @@ class EvalSplit:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         size = self.data.splits.image_size
         resize = test_resize(size)
-        if self.indices is None:
-            it = self.pool.test_batches(EVAL_BATCH, resize, size)
-        else:
-            it = _subset_test(self.pool.store, self.indices, EVAL_BATCH, resize, size, self.data.workers)
-        for x, y in it:
+        for x, y in self.pool.test_batches(EVAL_BATCH, resize, size, indices=self.indices):
             yield self.data.to_device(x), self.data.to_device(y)
 
 
@@ -152,53 +148,16 @@ class StreamData:
 
     def epoch_batches(self, seed: int, epoch: int, batch_size: int, augment: str, start_step: int = 0):
         """Yield the normalised (images, labels) batches of one epoch from ``start_step`` on."""
-        from tstudy.data.plan import epoch_plan
+        from tstudy.data.plan import EpochPlan, epoch_plan
 
         if augment != "rrc_flip":
             raise ConfigError(f"augment: the streamed data path trains with 'rrc_flip', got {augment!r}")
         self.n_batches(batch_size)
         plan = epoch_plan(self.sizes, seed, epoch)
-        size = self.splits.image_size
-        if self.train_idx is None:
-            it = self.train_pool.train_batches(plan, batch_size, size, start_step)
-        else:  # the plan is over the kept images
-            it = _subset_train(self.train_pool, plan, self.train_idx, batch_size, size, start_step)
-        for x, y in it:
+        if self.train_idx is not None:  # a plan over the kept images, its order mapped to store indices
+            plan = EpochPlan(plan.seed, plan.epoch, self.train_idx[plan.order], plan.boxes, plan.flips)
+        for x, y in self.train_pool.train_batches(plan, batch_size, self.splits.image_size, start_step):
             yield self.normalize(self.to_device(x)), self.to_device(y)
-
-
-def _subset_train(pool, plan, keep: np.ndarray, batch_size: int, size: int, start_step: int):
-    """The batches of ``plan`` (over the kept images ``keep``, val_fraction > 0) from ``start_step``
-    on, through ``DecoderPool.train_batches``: the plan is extended to the whole store with the
-    held-out images last, and only the kept images' full batches are taken."""
-    from itertools import islice
-
-    from tstudy.data.plan import EpochPlan
-
-    n_store = len(pool.store)
-    rest = np.setdiff1d(np.arange(n_store), keep)
-    hw = pool.store.sizes[rest]
-    full = EpochPlan(plan.seed, plan.epoch, np.concatenate([keep[plan.order], rest]),
-                     np.concatenate([plan.boxes, np.stack([0 * hw[:, 0], 0 * hw[:, 0], hw[:, 0], hw[:, 1]], 1)]),
-                     np.concatenate([plan.flips, np.zeros(len(rest), bool)]))
-    return islice(pool.train_batches(full, batch_size, size, start_step), plan.n_steps(batch_size) - start_step)
-
-
-def _subset_test(store, indices: np.ndarray, batch_size: int, resize: int, crop: int, threads: int):
-    """The test transform over ``indices`` of ``store``, in that order, decoded by ``threads``
-    threads (Pillow releases the GIL while decoding and resizing); the pixels of ``decode_test``."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tstudy.data.decode import decode_test
-
-    def one(i):
-        return decode_test(store.jpeg(int(i)), resize, crop)
-
-    with ThreadPoolExecutor(max(1, threads)) as ex:
-        for s in range(0, len(indices), batch_size):
-            idx = indices[s:s + batch_size]
-            x = np.stack(list(ex.map(one, idx))).transpose(0, 3, 1, 2)
-            yield torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(store.labels[idx], np.int64))
 
 
 def stream_info(cfg: RunConfig, data_root: str | None) -> StreamInfo:
