@@ -146,8 +146,9 @@ def test_finished_store_not_rebuilt(folder, tmp_path, monkeypatch):
     assert build_store(root, dest, progress=False) == dest
     assert build_store(root / "gone", dest, progress=False) == dest  # the source is not read
     assert (dest / "data.bin").stat().st_mtime_ns == before
-    with pytest.raises(StoreError, match="max_side"):
-        build_store(root, dest, max_side=32, progress=False)
+    # a store packed with max_side stays so when asked for without it (and vice versa)
+    assert build_store(root, dest, max_side=32, progress=False) == dest
+    assert PackedStore(dest).meta["max_side"] is None
 
 
 def test_checkpoint_of_other_parameters_ignored(folder, tmp_path, monkeypatch):

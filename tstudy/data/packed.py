@@ -248,8 +248,9 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
                 checkpoint_every: int = 1000, workers: int = 0) -> Path:
     """Pack the images of ``source`` into the store ``dest`` (see the module docstring); returns ``dest``.
 
-    A finished store (``meta.json`` present) is returned as it is (without reading ``source``; an
-    error if it was built with another ``layout`` or ``max_side``); an unfinished one is resumed
+    A finished store (``meta.json`` present) is returned as it is, whatever the arguments (the
+    source is not read: it may be gone; a store packed with ``max_side`` stays so; its meta.json
+    says how it was built; delete the folder to rebuild); an unfinished one is resumed
     (from scratch if its checkpoint is of other parameters or other source images). ``workers``
     > 0 re-encodes in that many processes (the store is the same for any number).
     """
@@ -257,10 +258,6 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
     if layout == "zip":
         layout = "imagefolder"
     if (dest / "meta.json").is_file():
-        meta = json.loads((dest / "meta.json").read_text())
-        if meta.get("layout") != layout or meta.get("max_side") != max_side:
-            raise StoreError(f"{dest}: a finished store of layout {meta.get('layout')!r}, max_side "
-                             f"{meta.get('max_side')}; asked for {layout!r}, {max_side} (remove it to rebuild)")
         return dest
     if layout not in LAYOUTS:
         raise StoreError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
