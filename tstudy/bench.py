@@ -279,7 +279,15 @@ def device_slug(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from tstudy import stream_bench
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if stream_bench.requested(argv):
+        return stream_bench.main(argv)
     p = argparse.ArgumentParser(prog="python -m tstudy.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=None, choices=("stream",),
+                   help="stream: the streamed data path's decode benchmark instead (tstudy/stream_bench.py; "
+                        "its own options: --data stream --help)")
     p.add_argument("--tiny", action="store_true", help="tiny models and data, a few steps (automatic without CUDA)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     p.add_argument("--out", default=None, help="JSON path (default results/bench/bench-<device>.json)")

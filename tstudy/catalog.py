@@ -16,7 +16,7 @@ MODELS = (
     "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "mobilenetv2", "shufflenetv1", "shufflenetv2",
     "tv_resnet18", "tv_resnet34", "tv_resnet50", "tv_mobilenet_v2", "tv_convnext_tiny", "tv_vit_b_16",
 )
-DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagefolder", "fashionmnist")
+DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagefolder", "fashionmnist", "imagenet")
 
 
 def _check(kind: str, name: object, builtin: tuple[str, ...], module: str, attr: str, field: str) -> None:

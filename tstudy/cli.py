@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="packed runs: one network (default on GPUs) or one after another (default on CPUs)")
     c.add_argument("--cuda-graphs", default="auto", choices=("auto", "off"),
                    help="on GPUs, replay each training step as a CUDA graph where the runs allow it (default auto)")
+    c.add_argument("--data-workers", type=int, default=None, metavar="N",
+                   help="streamed data (imagenet, augment rrc_flip): JPEG decoder processes per training process "
+                        "(default min(CPUs, 8); 0 decodes in the training process)")
+    c.add_argument("--checkpoint-steps", type=int, default=0, metavar="N",
+                   help="also checkpoint every N training steps, so a stopped run resumes within its epoch "
+                        "(default 0: at epoch ends only)")
     add_cli_flags(c)
     cmd("status", "state of each run, read from disk").add_argument("--all", action="store_true")
     cmd("collect", "write <root>/<study>/results.parquet")
@@ -183,7 +189,16 @@ def _short(v: object) -> str:
     return str(v)
 
 
+def check_machine_flags(args: argparse.Namespace) -> None:
+    """--data-workers and --checkpoint-steps: integers >= 0 (a ConfigError, exit code 2, otherwise)."""
+    if args.data_workers is not None and args.data_workers < 0:
+        raise ConfigError(f"--data-workers: must be >= 0 (0: decode in the training process), got {args.data_workers}")
+    if args.checkpoint_steps < 0:
+        raise ConfigError(f"--checkpoint-steps: must be >= 0 (0: at epoch ends only), got {args.checkpoint_steps}")
+
+
 def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
+    check_machine_flags(args)
     if args.executor == "slurm":
         from tstudy.executors import slurm
 
@@ -217,7 +232,8 @@ def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
         return 0
     if not todo:
         return 0
-    env = RunEnv(device=device, data_root=args.data_root, pack_mode=args.pack_mode, cuda_graphs=args.cuda_graphs)
+    env = RunEnv(device=device, data_root=args.data_root, pack_mode=args.pack_mode, cuda_graphs=args.cuda_graphs,
+                 data_workers=args.data_workers, checkpoint_steps=args.checkpoint_steps)
     t0 = time.perf_counter()
     results = run_local(runs, store, env, pack=opts.pack, workers=workers, threads=threads,
                         before=lambda: preflight(study, store, todo, args.data_root, env if workers == 1 else None))

@@ -23,7 +23,10 @@ from tstudy.errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
-AUGMENTS = ("none", "crop_flip")
+AUGMENTS = ("none", "crop_flip", "rrc_flip")
+# Datasets read from a packed JPEG store and decoded while training (tstudy.stream_data): they
+# always stream, and "rrc_flip" (random-resized-crop + flip) is their augmentation.
+STREAMED_DATASETS = ("imagenet",)
 LABELS = ("fine", "coarse")
 # Fields that define the data a run trains on; a trained teacher must share them with its students.
 # ``val_fraction`` is one: the validation images are held out from everything that shapes a student,
@@ -243,6 +246,11 @@ class RunConfig:
         choice("precision", PRECISIONS)
         need(self.augment is None or self.augment in AUGMENTS,
              f"augment: unknown value {self.augment!r}; valid: {', '.join(AUGMENTS)} (or None for the dataset's default)")
+        need(self.augment != "rrc_flip" or self.dataset in STREAMED_DATASETS + ("imagefolder",),
+             f"augment: 'rrc_flip' needs a dataset read from JPEG files (imagenet, imagefolder), not {self.dataset!r}")
+        need(self.dataset not in STREAMED_DATASETS or self.augment in (None, "rrc_flip"),
+             f"augment: {self.dataset} is streamed from JPEG files and trains with 'rrc_flip' (or None), "
+             f"got {self.augment!r}")
         need(self.image_size is None or 4 <= self.image_size <= MAX_IMAGE_SIZE,
              f"image_size: must be in 4..{MAX_IMAGE_SIZE} (the training set is held in memory), got {self.image_size}")
         params = dict(self.method_params)

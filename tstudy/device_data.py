@@ -51,8 +51,15 @@ class DeviceData:
         """Training steps per epoch."""
         return len(self.batch_starts(batch_size))
 
-    def epoch_batches(self, seed: int, epoch: int, batch_size: int, augment: str):
-        """Yield the (images, labels) batches of one epoch: shuffled, augmented, normalised."""
+    def epoch_batches(self, seed: int, epoch: int, batch_size: int, augment: str, start_step: int = 0):
+        """Yield the (images, labels) batches of one epoch from ``start_step`` on: shuffled, augmented,
+        normalised (the whole epoch's order and augmentation are drawn first, so a resumed epoch
+        continues with the same batches)."""
+        if augment == "rrc_flip":
+            from tstudy.errors import ConfigError
+
+            raise ConfigError("augment: 'rrc_flip' trains on the streamed data path (tstudy.stream_data), "
+                              "not on data held on the device")
         g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         n = self.train_x.shape[0]
         perm = torch.randperm(n, generator=g)
@@ -62,7 +69,7 @@ class DeviceData:
         perm = perm.to(self.device)
         if augment == "crop_flip":
             offsets, flips = offsets.to(self.device), flips.to(self.device)
-        for s in self.batch_starts(batch_size):
+        for s in self.batch_starts(batch_size)[start_step:]:
             idx = perm[s:s + batch_size]
             x = self.train_x[idx]
             if augment == "crop_flip":

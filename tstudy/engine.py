@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import traceback
 from contextlib import ExitStack
@@ -25,7 +26,7 @@ from tstudy.cuda_graph import GRAPH_MODES, StepGraph, graph_blockers
 from tstudy.data import load_dataset
 from tstudy.data.validation import with_validation
 from tstudy.device_data import DeviceData, step_seed
-from tstudy.evaluation import autocast, evaluate
+from tstudy.evaluation import autocast, evaluate_split
 from tstudy.teacher_profile import teacher_train_logits, write_teacher_profile
 from tstudy.errors import ConfigError
 from tstudy.lock import LockHeld, RunLock
@@ -37,6 +38,17 @@ from tstudy.store import (DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunState,
 from tstudy.run_summary import write_summary
 
 PACK_MODES = ("auto", "sequential", "network")
+_CHECKPOINT_NOW = threading.Event()  # set by a pre-emption signal: checkpoint at the next step and stop
+
+
+def request_checkpoint() -> None:
+    """Ask the training in this process to checkpoint at the next step boundary and stop its runs
+    (``incomplete``); safe to call from a signal handler."""
+    _CHECKPOINT_NOW.set()
+
+
+def checkpoint_requested() -> bool:
+    return _CHECKPOINT_NOW.is_set()
 
 EpochCallback = Callable[[RunConfig, int, dict], None]
 StepCallback = Callable[[RunConfig, int, int, int], None]  # (cfg, epoch, steps done, steps per epoch)
@@ -61,6 +73,11 @@ class RunEnv:
     # ``auto``: on CUDA, replay each epoch's training step as a CUDA graph where the group allows
     # it (tstudy.cuda_graph.graph_blockers); ``off``: always eager.
     cuda_graphs: str = "auto"
+    # Streamed data (tstudy.stream_data): decoder processes (None: min(CPUs, 8); 0: decode in this
+    # process), and a checkpoint every ``checkpoint_steps`` training steps (0: at epoch ends only).
+    data_workers: int | None = None
+    checkpoint_steps: int = 0
+    stop_after_step: tuple[int, int] | None = None  # for tests: stop (as if killed) after this step's checkpoint
     _data: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -68,10 +85,20 @@ class RunEnv:
             raise ConfigError(f"pack_mode: unknown value {self.pack_mode!r}; valid: {', '.join(PACK_MODES)}")
         if self.cuda_graphs not in GRAPH_MODES:
             raise ConfigError(f"cuda_graphs: unknown value {self.cuda_graphs!r}; valid: {', '.join(GRAPH_MODES)}")
+        if self.data_workers is not None and self.data_workers < 0:
+            raise ConfigError(f"--data-workers: must be >= 0, got {self.data_workers}")
+        if self.checkpoint_steps < 0:
+            raise ConfigError(f"--checkpoint-steps: must be >= 0 (0: at epoch ends only), got {self.checkpoint_steps}")
 
     def data(self, cfg: RunConfig) -> "DeviceData":
-        key = tuple(getattr(cfg, name) for name in DATA_FIELDS)
-        if key not in self._data:
+        from tstudy.stream_data import open_stream, streams
+
+        key = tuple(getattr(cfg, name) for name in DATA_FIELDS) + (streams(cfg),)
+        if key in self._data:
+            return self._data[key]
+        if streams(cfg):
+            self._data[key] = open_stream(cfg, self.data_root, torch.device(self.device), self.data_workers)
+        else:
             splits = load_dataset(cfg.dataset, self.data_root, image_size=cfg.image_size, labels=cfg.labels)
             self._data[key] = DeviceData(with_validation(splits, cfg.val_fraction), torch.device(self.device))
         return self._data[key]
@@ -140,7 +167,7 @@ def load_teacher(cfg: RunConfig, store: RunStore, data: DeviceData) -> tuple[nn.
     model.to(data.device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    acc = evaluate(model, data, data.test_x, data.test_y, "fp32")
+    acc = evaluate_split(model, data, data.eval_splits()["test"], "fp32")
     return model, {"teacher_acc1": acc["acc1"], "teacher_acc5": acc["acc5"]}
 
 
@@ -263,9 +290,13 @@ class _Student:
         self.method = build_method(cfg.method, temperature=cfg.temperature, teacher_model=cfg.teacher_model,
                                    student_model=cfg.model, num_classes=data.num_classes, **cfg.params).to(device)
         if teacher is not None and type(self.method).needs_teacher_train_logits(cfg.params):  # ls, not kd
+            if not isinstance(data, DeviceData):
+                raise ConfigError(f"method: {cfg.method!r} needs the teacher's logits on the whole training set, "
+                                  "which the streamed data path does not compute")
             self.method.prepare(teacher_train_logits(cfg, store, teacher, data))
         self.opt = make_optimizer(cfg, list(self.model.parameters()) + list(self.method.parameters()))
         self.start, self.rows, self.seconds, self.images = 0, [], 0.0, 0
+        self.start_step, self.partial = 0, None  # a checkpoint within an epoch (RunEnv.checkpoint_steps)
         ck = load_checkpoint(self.d, cfg.run_id)
         if ck is None and (self.d / "metrics.parquet").exists():
             log_line(self.d, f"no usable checkpoint: starting over; old metrics.parquet set aside as "
@@ -275,6 +306,9 @@ class _Student:
             self.opt.load_state_dict(ck["optimizer"])
             self.method.load_state_dict(ck["method"])
             self.start, self.rows, self.seconds, self.images = ck["epoch"], ck["rows"], ck["seconds"], ck["images"]
+            self.start_step, self.partial = ck.get("step", 0), ck.get("partial")
+            if ck.get("rng") is not None:
+                _set_rng_state(ck["rng"], device)
             atomic.write_parquet(self.d / "metrics.parquet", rows_frame(self.rows))  # drop rows past the checkpoint
         self.static = {**provenance.info(device), **teacher_info, "pack": pack,
                        **{f"const_{k}": v for k, v in self.method.constants().items()}}
@@ -310,6 +344,26 @@ class _Student:
                 self.sums[k] = t.detach() * b
         self.correct += (z.detach().argmax(1) == y).sum()
 
+    def save_step(self, epoch: int, step: int, seconds: float) -> None:
+        """Checkpoint within ``epoch`` after ``step`` steps: weights, optimizer, the epoch's sums so far,
+        RNG states; the next start resumes at that step (the epoch's plan is a function of (seed, epoch))."""
+        atomic.torch_save(self.d / "checkpoint.pt", {
+            "epoch": epoch - 1, "step": step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "method": self.method.state_dict(), "rows": self.rows, "seconds": self.seconds + seconds,
+            "images": self.images, "run_id": self.cfg.run_id, "rng": _rng_state(self.data.device),
+            "partial": {"sums": {k: v.detach().clone() for k, v in self.sums.items()},
+                        "correct": self.correct.detach().clone(), "n_seen": self.n_seen}})
+        write_status(self.d, "running", epoch=epoch - 1, step=step)
+
+    def restore_partial(self) -> None:
+        """After :meth:`begin_epoch` of a resumed epoch: the sums of its steps before the checkpoint."""
+        if self.partial is not None:
+            dev = self.data.device
+            self.sums = {k: v.to(dev) for k, v in self.partial["sums"].items()}
+            self.correct = self.partial["correct"].to(dev)
+            self.n_seen = self.partial["n_seen"]
+        self.partial = None
+
     def end_epoch(self, epoch: int, seconds: float, env: RunEnv) -> RunState | None:
         """Evaluate, checkpoint, log; a final state when the run diverged, else None."""
         cfg, d = self.cfg, self.d
@@ -335,8 +389,8 @@ class _Student:
         data = self.data
         if epoch in cfg.eval_points:
             acc1 = {}
-            for split, (x, y) in data.eval_splits().items():
-                self.rows.append({"epoch": epoch, "split": split, **evaluate(self.model, data, x, y, cfg.precision),
+            for split, src in data.eval_splits().items():
+                self.rows.append({"epoch": epoch, "split": split, **evaluate_split(self.model, data, src, cfg.precision),
                                   **info, **self.static})
                 acc1[f"{split}_acc1"] = self.rows[-1]["acc1"]
             info.update(test_acc1=acc1.pop("test_acc1"), **acc1)
@@ -355,7 +409,7 @@ class _Student:
     def finish(self) -> RunState:
         cfg, d = self.cfg, self.d
         atomic.torch_save(d / "model.pt", self.model.state_dict())
-        if cfg.method == "ce" and cfg.teacher is None:
+        if cfg.method == "ce" and cfg.teacher is None and isinstance(self.data, DeviceData):  # not when streamed
             write_teacher_profile(d, self.model, self.data, cfg.precision)
         final = {r["split"]: r["acc1"] for r in self.rows if r["epoch"] == cfg.epochs}
         write_summary(d)  # metrics.arrow: the final rows, for collect
@@ -377,9 +431,9 @@ def _train_group(cfgs: list[RunConfig], store: RunStore, env: RunEnv) -> dict[st
         except Exception as e:  # noqa: BLE001 - this run fails, the others go on
             results[cfg.run_id] = _record_failure(store.run_dir(cfg), e)
     # Runs resumed from different epochs train one sub-group after another, from the earliest.
-    for start in sorted({s.start for s in students}):
-        group = [s for s in students if s.start == start]
-        results.update(_epochs(group, teacher, data, env, start))
+    for start in sorted({(s.start, s.start_step) for s in students}):
+        group = [s for s in students if (s.start, s.start_step) == start]
+        results.update(_epochs(group, teacher, data, env, *start))
     return results
 
 
@@ -391,7 +445,7 @@ def _use_network(env: RunEnv, device: torch.device, n: int) -> bool:
 
 
 def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, env: RunEnv,
-            start: int) -> dict[str, RunState]:
+            start: int, start_step: int = 0) -> dict[str, RunState]:
     cfg = group[0].cfg
     device = data.device
     augment = cfg.augment or data.splits.augment
@@ -399,8 +453,11 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
     network = _use_network(env, device, len(group))
     pack: _PackedGroup | None = None
     for epoch in range(start + 1, cfg.epochs + 1):
+        first_step = start_step if epoch == start + 1 else 0
         for s in group:
             s.begin_epoch(epoch)
+            if first_step:
+                s.restore_partial()
         if network and pack is None and len(group) > 1:
             pack = _build_pack(group, data)
             network = pack is not None
@@ -409,7 +466,9 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
         t0 = time.perf_counter()
         step = group_step(group, pack, teacher, data, epoch, graphs=_use_graphs(env, group, pack, epoch == start + 1))
         n_steps, told = data.n_batches(cfg.batch_size), time.monotonic()
-        for i, (x, y) in enumerate(data.epoch_batches(cfg.seed, epoch, cfg.batch_size, augment)):
+        batches = (data.epoch_batches(cfg.seed, epoch, cfg.batch_size, augment, start_step=first_step) if first_step
+                   else data.epoch_batches(cfg.seed, epoch, cfg.batch_size, augment))
+        for i, (x, y) in enumerate(batches, start=first_step):
             try:
                 failed = step(x, y, i)
             except Exception as e:  # noqa: BLE001 - the shared network failed: every member fails
@@ -422,6 +481,13 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
             if env.on_step is not None and (now := time.monotonic()) - told >= STEP_REPORT_S:
                 told = now
                 env.on_step(cfg, epoch, i + 1, n_steps)
+            preempted = _CHECKPOINT_NOW.is_set()
+            if (preempted or env.checkpoint_steps and (i + 1) % env.checkpoint_steps == 0) and i + 1 < n_steps \
+                    and not failed:
+                _save_steps(group, pack, epoch, i + 1, time.perf_counter() - t0)
+                if preempted or env.stop_after_step == (epoch, i + 1):
+                    why = "pre-empted: checkpointed within the epoch" if preempted else "stopped on request"
+                    return {**results, **{s.cfg.run_id: RunState(INCOMPLETE, epoch - 1, why) for s in group}}
             if not failed:
                 continue
             if pack is not None:  # a method raised: that run fails, the others go on in a smaller pack
@@ -462,6 +528,16 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
         except Exception as e:  # noqa: BLE001 - e.g. disk full writing model.pt: this run fails
             results[s.cfg.run_id] = _record_failure(s.d, e)
     return results
+
+
+def _save_steps(group: list[_Student], pack: "_PackedGroup | None", epoch: int, step: int, seconds: float) -> None:
+    """Every student's checkpoint within ``epoch`` (a packed network first writes its state back)."""
+    if group[0].data.device.type == "cuda":
+        torch.cuda.synchronize()
+    if pack is not None:
+        pack.sync(keep_graph=True)
+    for s in group:
+        s.save_step(epoch, step, seconds)
 
 
 def group_step(group: list[_Student], pack: "_PackedGroup | None", teacher: nn.Module | None, data: DeviceData,
@@ -617,19 +693,23 @@ class _PackedGroup:
         self.correct += (z_all.detach().argmax(2) == y).sum(1)
         return failed
 
-    def _flush(self) -> None:
-        """Add the accumulated loss-term sums into the students' ``sums``."""
+    def _flush(self, keep_graph: bool = False) -> None:
+        """Add the accumulated loss-term sums into the students' ``sums``; ``keep_graph``: zero the
+        accumulator in place instead (a captured CUDA graph keeps adding into it)."""
         if self.sums is not None:
             for (k, key), val in zip(self.layout, self.sums):
                 st = self.students[k]
                 st.sums[key] = st.sums.get(key, 0) + val
+            if keep_graph:
+                self.sums.zero_()
+                return
         self.layout, self.sums = (), None
 
-    def sync(self, exclude: list[_Student] = ()) -> None:
+    def sync(self, exclude: list[_Student] = (), keep_graph: bool = False) -> None:
         """Write model, optimizer state and epoch accumulators back into each student."""
         from tstudy.packnet import unstack_optimizer_state
 
-        self._flush()
+        self._flush(keep_graph)
         keep = [(k, s) for k, s in enumerate(self.students) if s not in exclude]
         self.net.copy_to([s.model for s in self.students])
         for k, s in keep:

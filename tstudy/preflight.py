@@ -68,6 +68,7 @@ def check_data(runs: Sequence[RunConfig], data_root: str | None, env: "RunEnv | 
     training that follows."""
     from tstudy.config import TeacherFile
     from tstudy.data import load_dataset
+    from tstudy.stream_data import stream_info, streams
 
     import torch
 
@@ -79,8 +80,12 @@ def check_data(runs: Sequence[RunConfig], data_root: str | None, env: "RunEnv | 
     for r in runs:
         key = (r.dataset, r.labels, r.image_size)
         if key not in splits:
-            splits[key] = (env.data(r).splits if env is not None else
-                           load_dataset(r.dataset, data_root, image_size=r.image_size, labels=r.labels))
+            if env is not None:
+                splits[key] = env.data(r).splits
+            elif streams(r):  # streamed: locate the data and read its classes; the store is built by the run
+                splits[key] = stream_info(r, data_root)
+            else:
+                splits[key] = load_dataset(r.dataset, data_root, image_size=r.image_size, labels=r.labels)
         s = splits[key]
         try:
             r.method_class().check_data(dict(r.method_params), s.num_classes)

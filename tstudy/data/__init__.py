@@ -119,3 +119,4 @@ from tstudy.data import cifar as _cifar  # noqa: E402,F401  (registers "cifar10"
 from tstudy.data import fashionmnist as _fashionmnist  # noqa: E402,F401  (registers "fashionmnist")
 from tstudy.data import imagefolder as _imagefolder  # noqa: E402,F401  (registers "imagefolder")
 from tstudy.data import tinyimagenet as _tinyimagenet  # noqa: E402,F401  (registers "tinyimagenet")
+from tstudy.data import imagenet as _imagenet  # noqa: E402,F401  (registers "imagenet": streamed)

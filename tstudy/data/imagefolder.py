@@ -5,6 +5,10 @@
 ``root`` is the dataset folder itself, or any of ``data_roots(root)`` may hold it as ``imagefolder/``.
 Classes are the sorted folder names under ``train/``. Decoded arrays are cached (see
 :mod:`tstudy.data.files`).
+
+With ``augment="rrc_flip"`` the set is not loaded here: it is streamed from a packed store of its
+JPEG files (random-resized-crop at any ``image_size``; :mod:`tstudy.stream_data`,
+:mod:`tstudy.data.imagenet`).
 """
 from __future__ import annotations
 

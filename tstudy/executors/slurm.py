@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -266,8 +267,9 @@ class TrainJob:
 
     def __init__(self, packs: Sequence[Sequence[RunConfig]], root: str, study: str, device: str = "auto",
                  data_root: str | None = None, pack_mode: str = "auto", cuda_graphs: str = "auto",
-                 workers: int = 1) -> None:
+                 workers: int = 1, data_workers: int | None = None, checkpoint_steps: int = 0) -> None:
         self.packs = tuple(tuple(p) for p in packs)
+        self.data_workers, self.checkpoint_steps = data_workers, checkpoint_steps
         self.root, self.study, self.device, self.data_root = root, study, device, data_root
         self.pack_mode, self.cuda_graphs, self.workers = pack_mode, cuda_graphs, workers
 
@@ -277,14 +279,16 @@ class TrainJob:
 
     def __call__(self) -> dict[str, str]:
         from tstudy.engine import resolve_device
-        from tstudy.executors.workers import EnvSpec, Progress, gpu_slots, run_packs
+        from tstudy.engine import checkpoint_requested
+        from tstudy.executors.workers import EnvSpec, Progress, _forward_preemption, gpu_slots, preempt_signal, run_packs
 
         packs = [Pack(p) for p in self.job_packs()]
         runs = [r for p in packs for r in p.runs]
         workers = max(1, min(getattr(self, "workers", 1), len(packs)))
         store = RunStore(self.root, self.study)
         spec = EnvSpec(resolve_device(self.device), self.data_root, getattr(self, "pack_mode", "auto"),
-                       getattr(self, "cuda_graphs", "auto"))
+                       getattr(self, "cuda_graphs", "auto"), getattr(self, "data_workers", None),
+                       getattr(self, "checkpoint_steps", 0))
         threads = max(1, job_threads() // workers)
         start = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) + 1
         _say(f"job {os.environ.get('SLURM_JOB_ID')} start #{start}, {len(runs)} run(s) in {len(packs)} pack(s), "
@@ -293,8 +297,17 @@ class TrainJob:
         for cfg in runs:
             clear_dead_job_lock(store.run_dir(cfg))
         progress = Progress(len(runs), workers, tty=False, out=sys.stdout, say=_say)
-        outcomes = run_packs(packs, store, spec, workers, threads, progress,
-                             gpus=gpu_slots(spec.device, workers))
+        sig = preempt_signal()
+        submitit_handler = signal.getsignal(sig)
+        signal.signal(sig, _forward_preemption)  # every training process checkpoints at its next step, then stops
+        try:
+            outcomes = run_packs(packs, store, spec, workers, threads, progress,
+                                 gpus=gpu_slots(spec.device, workers))
+        finally:
+            signal.signal(sig, submitit_handler)
+        if checkpoint_requested() and callable(submitit_handler):
+            _say("pre-empted: runs checkpointed at a step boundary")
+            submitit_handler(sig, None)  # submitit: checkpoint() (requeue this job), exit
         problems = []
         for run_id, o in outcomes.items():
             _say(f"run {run_id}: {o.status}" + (f": {o.reason}" if o.reason else ""))
@@ -347,14 +360,15 @@ def make_executor(folder: Path, opts: SlurmOptions, study: str, dependency: str 
 
 def submit(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, live: Mapping[str, str],
            device: str, data_root: str | None, out=None, pack_mode: str = "auto",
-           cuda_graphs: str = "auto") -> dict[str, str]:
+           cuda_graphs: str = "auto", data_workers: int | None = None, checkpoint_steps: int = 0) -> dict[str, str]:
     """Submit the arrays in order; record each job in its runs' directories. Returns {run id: job id}."""
     out = out or sys.stdout
     folder = log_dir(store, opts)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        return _submit_arrays(arrays, store, opts, live, device, data_root, out, pack_mode, cuda_graphs, folder)
+        return _submit_arrays(arrays, store, opts, live, device, data_root, out, pack_mode, cuda_graphs, folder,
+                              data_workers, checkpoint_steps)
     except BaseException:
         if created:  # nothing left behind by a submission that failed at once
             with contextlib.suppress(OSError):
@@ -364,7 +378,7 @@ def submit(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, liv
 
 def _submit_arrays(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, live: Mapping[str, str],
                    device: str, data_root: str | None, out: Any, pack_mode: str, cuda_graphs: str,
-                   folder: Path) -> dict[str, str]:
+                   folder: Path, data_workers: int | None = None, checkpoint_steps: int = 0) -> dict[str, str]:
     job_of = dict(live)
     root = str(store.root.resolve())
     data_root = str(Path(data_root).resolve()) if data_root else None
@@ -374,7 +388,8 @@ def _submit_arrays(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOpti
         with _sbatch_failure(folder, n_done):
             with ex.batch():
                 jobs = [ex.submit(TrainJob([p.runs for p in packs], root, store.study, device, data_root, pack_mode,
-                                           cuda_graphs, workers=min(opts.job_packs, len(packs))))
+                                           cuda_graphs, workers=min(opts.job_packs, len(packs)),
+                                           data_workers=data_workers, checkpoint_steps=checkpoint_steps))
                         for packs in array.jobs]
         for job, packs in zip(jobs, array.jobs):
             runs = [r for p in packs for r in p.runs]
@@ -452,7 +467,8 @@ def launch(study: Any, store: RunStore, args: argparse.Namespace, out=None) -> i
         raise ConfigError("--executor slurm: sbatch/srun not found; run this on a SLURM login node")
     preflight(study, store, plan.todo, args.data_root)
     cancel_never_satisfied(runs, store, queue)
-    submit(arrays, store, opts, live, args.device, args.data_root, out, args.pack_mode, args.cuda_graphs)
+    submit(arrays, store, opts, live, args.device, args.data_root, out, args.pack_mode, args.cuda_graphs,
+           getattr(args, "data_workers", None), getattr(args, "checkpoint_steps", 0))
     print(f"logs: {log_dir(store, opts)}/   follow with: tstudy status {study.source or study.name}"
           + (f" --root {args.root}" if args.root != "results" else ""), file=out)
     return 0

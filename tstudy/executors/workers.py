@@ -9,6 +9,7 @@ local executor and, inside one SLURM job holding several GPUs, by the SLURM exec
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
@@ -22,7 +23,7 @@ from typing import Any, Callable, Sequence
 from tstudy.config import RunConfig
 from tstudy.lock import describe, read_lock
 from tstudy.planning import Pack
-from tstudy.store import DONE, FAILED, RUNNING, RunStore
+from tstudy.store import DONE, FAILED, INCOMPLETE, RUNNING, RunStore
 
 SKIPPED = "skipped"
 POLL_S = 1.0
@@ -36,6 +37,8 @@ class EnvSpec:
     data_root: str | None = None
     pack_mode: str = "auto"
     cuda_graphs: str = "auto"
+    data_workers: int | None = None  # streamed data: decoder processes (None: min(CPUs, 8))
+    checkpoint_steps: int = 0  # also checkpoint every N steps (0: at epoch ends only)
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,10 @@ def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: in
                         waited.add(p.after)
                         owner = describe(read_lock(store.run_dir(p.after) / "lock"))
                         progress.say(f"waiting for teacher {p.after}, trained by {owner}")
+            if remaining and _preempted():  # checkpointing for pre-emption: start nothing new
+                for p in remaining:
+                    results.update({r.run_id: Outcome(INCOMPLETE, "pre-empted before it started") for r in p.runs})
+                remaining = []
             while pool.free() and (p := _first_ready(remaining, here, store)) is not None:
                 i = remaining.index(p)
                 remaining.remove(p)
@@ -133,6 +140,22 @@ def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: in
         pool.close()
         progress.close()
     return results
+
+
+def _preempted() -> bool:
+    """Whether a pre-emption signal asked this process to checkpoint and stop (engine not imported)."""
+    engine = sys.modules.get("tstudy.engine")
+    return engine is not None and engine.checkpoint_requested()
+
+
+def _forward_preemption(signum: int, frame: Any) -> None:
+    """The launching process's handler: stop dispatching, and pass the signal to the worker processes."""
+    _checkpoint_now(signum, frame)
+    for child in mp.active_children():  # the training workers only, not decoder processes
+        if not child.name.startswith("tstudy-worker-"):
+            continue
+        with contextlib.suppress(OSError):
+            os.kill(child.pid, signum)
 
 
 def _first_ready(remaining: list[Pack], here: set[str], store: RunStore) -> Pack | None:
@@ -309,19 +332,31 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def preempt_signal() -> int:
+    """The signal submitit's jobs get before pre-emption or the time limit ($SUBMITIT_PREEMPT_SIGNAL, USR2)."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
+    return getattr(signal, f"SIG{name}", signal.SIGUSR2)
+
+
+def _checkpoint_now(signum: int, frame: Any) -> None:
+    from tstudy.engine import request_checkpoint
+
+    request_checkpoint()
+
+
 def worker_main(i: int, gpu: str | None, threads: int, spec: EnvSpec, root: str, study: str, conn: Any) -> None:
     """A worker process: pin the GPU and threads, then train each pack it receives on ``conn``
     until None, sending ("epoch" | "step" | "done", payload) back.
     It ignores SIGINT (the launching process decides) and stops quietly on SIGTERM."""
     try:
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(preempt_signal(), _checkpoint_now)  # checkpoint at the next step boundary, then stop
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         import torch
 
         torch.set_num_threads(threads)
-        spec = EnvSpec(("cuda" if gpu is not None else spec.device), spec.data_root, spec.pack_mode,
-                       spec.cuda_graphs)
+        spec = dataclasses.replace(spec, device="cuda" if gpu is not None else spec.device)
         env = _make_env(spec)
         env.on_epoch = lambda cfg, epoch, info: conn.send(("epoch", (cfg, epoch, _small(info))))
         env.on_step = lambda cfg, epoch, step, steps: conn.send(("step", (epoch, step, steps)))
@@ -339,7 +374,8 @@ def _small(info: dict) -> dict:
 def _make_env(spec: EnvSpec) -> Any:
     from tstudy.engine import RunEnv
 
-    return RunEnv(device=spec.device, data_root=spec.data_root, pack_mode=spec.pack_mode, cuda_graphs=spec.cuda_graphs)
+    return RunEnv(device=spec.device, data_root=spec.data_root, pack_mode=spec.pack_mode, cuda_graphs=spec.cuda_graphs,
+                  data_workers=getattr(spec, "data_workers", None), checkpoint_steps=getattr(spec, "checkpoint_steps", 0))
 
 
 def _train(pack: Pack, store: RunStore, env: Any) -> dict[str, Outcome]:

@@ -1,0 +1,303 @@
+"""Decoders that execute an epoch plan on the CPU: JPEG bytes -> fixed-size uint8 batches.
+
+``decode_train`` / ``decode_test`` are the per-image transforms, bit-identical to torchvision's
+PIL path (``F.resized_crop(img, top, left, h, w, [size, size], antialias=True)`` + ``hflip``;
+``Resize(resize)`` + ``CenterCrop(crop)``; bilinear, which is antialiased in Pillow). No
+``Image.draft`` (DCT-domain downscaling): it changes the pixels, and bit-identity to the plain
+decode matters more than its speed.
+
+:class:`DecoderPool` turns a plan into batches, in step order, in this process (``workers=0``)
+or in a pool of worker processes (spawned; each opens the store once; a task is a chunk of a
+batch). Every image's pixels depend only on its bytes and its plan entry, so the batches are
+bit-identical for any number of workers.
+
+This module imports torch lazily (only to hand out tensors), so worker processes stay light.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import multiprocessing as mp
+import os
+import signal
+import tempfile
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from tstudy.data.packed import PackedStore
+from tstudy.data.plan import EpochPlan, test_box
+
+BILINEAR = Image.Resampling.BILINEAR
+
+
+def _open(jpeg) -> Image.Image:
+    img = Image.open(io.BytesIO(jpeg))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def decode_train(jpeg, box, flip: bool, size: int) -> np.ndarray:
+    """uint8 ``(size, size, 3)``: crop ``box`` = ``[top, left, h, w]``, resize bilinear (antialiased), flip."""
+    top, left, h, w = (int(v) for v in box)
+    img = _open(jpeg)
+    # crop, then resize: Image.resize(box=...) filters with pixels outside the box at its edges
+    out = img.crop((left, top, left + w, top + h)).resize((size, size), BILINEAR)
+    if flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(out)
+
+
+def decode_test(jpeg, resize: int, crop: int) -> np.ndarray:
+    """uint8 ``(crop, crop, 3)``: the shorter side resized to ``resize``, centre crop ``crop``."""
+    img = _open(jpeg)
+    w, h = img.size
+    rh, rw, top, left = test_box(h, w, resize, crop)
+    img = img.resize((rw, rh), BILINEAR)
+    return np.asarray(img.crop((left, top, left + crop, top + crop)))
+
+
+# --------------------------------------------------------------------------- chunk tasks
+_STORE: PackedStore | None = None
+
+
+def _init_worker(path: str) -> None:
+    global _STORE
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts the pool down
+    _STORE = PackedStore(path)
+
+
+def _train_chunk(store: PackedStore, idx: np.ndarray, boxes: np.ndarray, flips: np.ndarray, size: int,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    if out is None:
+        out = np.empty((len(idx), 3, size, size), np.uint8)
+    for k, (i, b, f) in enumerate(zip(idx, boxes, flips)):
+        out[k] = decode_train(store.jpeg(int(i)), b, bool(f), size).transpose(2, 0, 1)
+    return out
+
+
+def _test_chunk(store: PackedStore, idx: np.ndarray, resize: int, crop: int,
+                out: np.ndarray | None = None) -> np.ndarray:
+    if out is None:
+        out = np.empty((len(idx), 3, crop, crop), np.uint8)
+    for k, i in enumerate(idx):
+        out[k] = decode_test(store.jpeg(int(i)), resize, crop).transpose(2, 0, 1)
+    return out
+
+
+_MAPS: dict[str, np.ndarray] = {}  # output buffers of the latest iterators (two may interleave)
+_MAX_MAPS = 2
+
+
+def _worker_out(path: str, nbytes: int, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+    buf = _MAPS.pop(path, None)
+    if buf is None:
+        while len(_MAPS) >= _MAX_MAPS:  # an iterator's file is unlinked when it ends; unmap the oldest
+            del _MAPS[next(iter(_MAPS))]
+        buf = np.memmap(path, dtype=np.uint8, mode="r+", shape=(nbytes,))
+    _MAPS[path] = buf  # most recent last
+    return buf[offset:offset + int(np.prod(shape))].reshape(shape)
+
+
+def _worker_train(out, idx, boxes, flips, size) -> None:
+    _train_chunk(_STORE, idx, boxes, flips, size, out=_worker_out(*out, (len(idx), 3, size, size)))
+
+
+def _worker_test(out, idx, resize, crop) -> None:
+    _test_chunk(_STORE, idx, resize, crop, out=_worker_out(*out, (len(idx), 3, crop, crop)))
+
+
+def _buffer_dir(nbytes: int) -> str:
+    """/dev/shm when it has room (it is small in containers), else the temporary folder."""
+    for d in ("/dev/shm", tempfile.gettempdir()):
+        try:
+            st = os.statvfs(d)
+            if os.access(d, os.W_OK) and st.f_bavail * st.f_frsize > 2 * nbytes + (64 << 20):
+                return d
+        except OSError:
+            continue
+    return tempfile.gettempdir()
+
+
+# --------------------------------------------------------------------------- pool
+class DecoderPool:
+    """Decodes plans into batches: uint8 ``[B, 3, S, S]`` (pinned when CUDA is available) + int64 labels.
+
+    ``workers=0`` decodes in this process; ``workers >= 1`` in that many worker processes, with up
+    to ``prefetch`` batches in flight. Workers never inherit the parent's state: they start from a
+    forkserver (which imports this module once, so a worker starts in milliseconds) or, where
+    there is none or with ``start_method="spawn"``, spawned. Use as a context manager (or call
+    :meth:`close`); an exception or KeyboardInterrupt in the consumer shuts the workers down
+    (they ignore SIGINT and leave it to the parent).
+    """
+
+    def __init__(self, store: PackedStore | str | os.PathLike, workers: int = 0, prefetch: int = 4, *,
+                 pin_memory: bool | None = None, start_method: str | None = None) -> None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.store = store if isinstance(store, PackedStore) else PackedStore(store)
+        self.workers = workers
+        self.prefetch = max(1, prefetch)
+        if pin_memory is None:
+            import torch
+
+            pin_memory = torch.cuda.is_available()
+        self.pin_memory = pin_memory
+        self._pool: ProcessPoolExecutor | None = None
+        if workers:
+            if start_method is None:
+                start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            ctx = mp.get_context(start_method)
+            if start_method == "forkserver":
+                # the server imports this module once; workers fork from it (no torch import each)
+                ctx.set_forkserver_preload([__name__])
+            self._pool = ProcessPoolExecutor(workers, mp_context=ctx,
+                                             initializer=_init_worker, initargs=(str(self.store.path),))
+
+    # ---- lifecycle
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "DecoderPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ---- batches
+    def _empty(self, n: int, size: int):
+        import torch
+
+        return torch.empty((n, 3, size, size), dtype=torch.uint8, pin_memory=self.pin_memory)
+
+    def _labels(self, idx: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.asarray(self.store.labels[idx], dtype=np.int64))
+
+    def _chunks(self, n: int) -> list[tuple[int, int]]:
+        k = max(1, min(self.workers, n))
+        bounds = np.linspace(0, n, k + 1).round().astype(int)
+        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def _run(self, jobs: Iterator[tuple[np.ndarray, int, Callable]], local, remote):
+        """Yield (uint8 batch tensor, labels) per job, in job order.
+
+        jobs: (indices, image size, args(a, b) -> the task arguments of rows a:b); no job larger
+        than the first, all of one image size. Workers write their chunks straight into a ring of
+        ``prefetch`` batch slots in a shared file mapping (no pickling of pixels); the parent
+        copies a finished batch out of its slot into a fresh (pinned) tensor and reuses the slot.
+        """
+        if self._pool is None:
+            for idx, size, args in jobs:
+                out = self._empty(len(idx), size)
+                local(self.store, idx, *args(0, len(idx)), out=out.numpy())
+                yield out, self._labels(idx)
+            return
+        jobs = iter(jobs)
+        first = next(jobs, None)
+        if first is None:
+            return
+        jobs = itertools.chain([first], jobs)
+        rows, size = len(first[0]), first[1]
+        img_bytes = 3 * size * size
+        slot_bytes = rows * img_bytes
+        nbytes = max(1, self.prefetch * slot_bytes)
+        fd, path = tempfile.mkstemp(prefix="tstudy-decode-", suffix=".u8", dir=_buffer_dir(nbytes))
+        pending: deque[tuple[np.ndarray, int, list[Future]]] = deque()
+        try:
+            os.ftruncate(fd, nbytes)
+            os.close(fd)
+            fd = -1
+            buf = np.memmap(path, dtype=np.uint8, mode="r+", shape=(nbytes,))
+            free = list(range(self.prefetch))
+            jobs = iter(jobs)
+            while True:
+                while free:
+                    job = next(jobs, None)
+                    if job is None:
+                        break
+                    idx, job_size, args = job
+                    if len(idx) > rows or job_size != size:
+                        raise ValueError(f"a batch of {len(idx)} images of {job_size} px after one of {rows} of {size} px")
+                    slot = free.pop()
+                    futs = [self._pool.submit(remote, (path, nbytes, slot * slot_bytes + a * img_bytes), idx[a:b],
+                                              *args(a, b)) for a, b in self._chunks(len(idx))]
+                    pending.append((idx, slot, futs))
+                if not pending:
+                    return
+                idx, slot, futs = pending.popleft()
+                for fut in futs:
+                    fut.result()
+                out = self._empty(len(idx), size)
+                n = len(idx) * img_bytes
+                out.numpy().reshape(-1)[:] = buf[slot * slot_bytes:slot * slot_bytes + n]
+                free.append(slot)
+                yield out, self._labels(idx)
+        finally:
+            for _, _, futs in pending:
+                for fut in futs:
+                    fut.cancel()
+            if fd >= 0:
+                os.close(fd)
+            buf = None
+            os.unlink(path)  # workers still writing into it keep their mapping until they move on
+
+    def train_batches(self, plan: EpochPlan, batch_size: int, size: int,
+                      start_step: int = 0) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:  # noqa: F821
+        """The full batches of ``plan`` from ``start_step`` on, in step order: (uint8 [B, 3, size, size], int64 [B]).
+
+        ``plan.order`` holds store indices: a plan over the whole store (``epoch_plan(store.sizes,
+        ...)``), or over a subset mapped to store indices (``EpochPlan(seed, epoch,
+        subset[plan.order], plan.boxes, plan.flips)`` for ``epoch_plan(store.sizes[subset], ...)``).
+        Every box must lie inside its stored image (checked up front).
+        """
+        order, boxes = plan.order, plan.boxes
+        n = len(self.store)
+        if len(order) and (order.min() < 0 or order.max() >= n):
+            raise ValueError(f"the plan's order holds indices outside the store's [0, {n})")
+        hw = self.store.sizes[order]
+        if ((boxes[:, :2] < 0).any() or (boxes[:, 2:] <= 0).any()
+                or (boxes[:, 0] + boxes[:, 2] > hw[:, 0]).any() or (boxes[:, 1] + boxes[:, 3] > hw[:, 1]).any()):
+            raise ValueError("the plan's boxes do not fit the store's images (a plan drawn for other sizes?)")
+        n_steps = plan.n_steps(batch_size)
+        if not 0 <= start_step <= n_steps:
+            raise ValueError(f"start_step {start_step} outside [0, {n_steps}]")
+
+        def jobs():
+            for step in range(start_step, n_steps):
+                idx, boxes, flips = plan.batch(step, batch_size)
+                yield idx, size, lambda a, b, boxes=boxes, flips=flips: (boxes[a:b], flips[a:b], size)
+
+        return self._run(jobs(), _train_chunk, _worker_train)
+
+    def test_batches(self, batch_size: int, resize: int, crop: int,
+                     indices: np.ndarray | None = None) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:  # noqa: F821
+        """The whole split in index order (or the store ``indices`` given, in their order), fixed
+        transform (``Resize(resize)`` + ``CenterCrop(crop)``); the last batch may be short."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if indices is None:
+            indices = np.arange(len(self.store), dtype=np.int64)
+        else:
+            indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+            if len(indices) and (indices.min() < 0 or indices.max() >= len(self.store)):
+                raise ValueError(f"indices outside the store's [0, {len(self.store)})")
+
+        def jobs():
+            for s in range(0, len(indices), batch_size):
+                yield indices[s:s + batch_size], crop, lambda a, b: (resize, crop)
+
+        return self._run(jobs(), _test_chunk, _worker_test)
