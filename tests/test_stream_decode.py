@@ -302,3 +302,23 @@ def test_stream_bench_runs(tmp_path):
     assert [(r["set"], r["workers"]) for r in rows] == [("tiny64", 0), ("tiny64", 1), ("synth224", 0), ("synth224", 1)]
     assert rows[0]["images_per_epoch"] == 24 and rows[2]["images_per_epoch"] == 12
     assert all(r["ratio"] > 0 for r in rows) and res["environment"]["cpu_count"]
+
+
+def test_workers_ignore_the_preemption_signal(store):
+    """SLURM may signal every process of a job: decoder workers leave pre-emption to the training
+    process (which checkpoints at its next step) and keep decoding."""
+    import os
+
+    from tstudy.executors.workers import preempt_signal
+
+    plan = P.epoch_plan(store.sizes, 2, 0)
+    with DecoderPool(store, workers=0) as p0:
+        ref = _train(p0, plan)
+    with DecoderPool(store, workers=1) as pool:
+        _train(pool, plan)  # workers started
+        pids = list(pool._pool._processes)
+        assert pids
+        for pid in pids:
+            os.kill(pid, preempt_signal())
+        _assert_same(_train(pool, plan), ref)
+        assert all(p.is_alive() for p in pool._pool._processes.values())

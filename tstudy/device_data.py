@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tstudy.data import DataSplits
+from tstudy.data.plan import epoch_seed  # noqa: F401  (one formula for both data paths)
 
 PAD = 4  # random-crop padding of the standard CIFAR recipe
 
@@ -87,11 +88,6 @@ def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> to
     ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
     out = xp[bi, ci, rows, cols]
     return torch.where(flips.view(b, 1, 1, 1), out.flip(-1), out)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A seed for (run seed, epoch): distinct, deterministic, platform-independent."""
-    return (seed * 1_000_003 + epoch * 7919 + 12345) % (2**63 - 1)
 
 
 def step_seed(seed: int, epoch: int, step: int) -> int:

@@ -26,11 +26,8 @@ RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """A seed for (run seed, epoch): distinct, deterministic, platform-independent.
-
-    The same formula as ``tstudy.device_data.epoch_seed`` (which imports torch); it should be
-    defined once, here, and imported by ``device_data``.
-    """
+    """A seed for (run seed, epoch): distinct, deterministic, platform-independent; the one
+    formula of both data paths (``tstudy.device_data`` imports it)."""
     return (seed * 1_000_003 + epoch * 7919 + 12345) % (2**63 - 1)
 
 
