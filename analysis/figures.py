@@ -52,6 +52,7 @@ OPTIM_COLUMNS = ("optimizer", "lr", "weight_decay", "momentum", "batch_size", "s
 # The paper's studied axes: when one varies, its values go to adjacent panels of one row (same y-range).
 SIDE_BY_SIDE = ["labels", "teacher_init", "init"]
 MAX_LINES = 6  # more lines than this in one panel are split into facets
+ACC_CEILING = 100.0  # accuracies are percentages: y-axis headroom stops a little past 100
 BANDS = ("ci", "std")
 BAND_TEXT = {"ci": "shaded: 95 % interval of the mean over seeds",
              "std": "shaded: ± 1 std over seeds"}
@@ -285,9 +286,11 @@ def _temperature_axis(ax: plt.Axes, temps: Iterable[float]) -> None:
     ax.set_xlabel("temperature T (log scale)")
 
 
-def _fit_y(axes: list[plt.Axes], ranges: list[tuple[float, float]], shared: bool) -> None:
+def _fit_y(axes: list[plt.Axes], ranges: list[tuple[float, float]], shared: bool,
+           ceiling: float | None = None) -> None:
     """The y-axis fits the data and bands with a small margin (and headroom for the corner
-    annotations); shared: one range for the whole row."""
+    annotations, up to ``ceiling`` plus a tenth of the span: an accuracy never passes 100);
+    shared: one range for the whole row."""
     ok = [(lo, hi) for lo, hi in ranges if np.isfinite(lo) and np.isfinite(hi)]
     if not ok:
         return
@@ -297,7 +300,10 @@ def _fit_y(axes: list[plt.Axes], ranges: list[tuple[float, float]], shared: bool
         if not (np.isfinite(lo) and np.isfinite(hi)):
             continue
         span = max(hi - lo, 1.0)
-        ax.set_ylim(lo - 0.06 * span, hi + 0.18 * span)
+        top = hi + 0.18 * span
+        if ceiling is not None and hi <= ceiling:
+            top = min(top, ceiling + 0.1 * span)
+        ax.set_ylim(lo - 0.06 * span, top)
 
 
 def _range(*arrays) -> tuple[float, float]:
@@ -396,7 +402,7 @@ def acc_vs_temperature(df: pd.DataFrame, value: str = "acc1", methods: Sequence[
             _temperature_axis(ax, students["temperature"])
             ax.set_ylabel(f"student test {value} (%)")
             ax.set_title(_panel_title(key, tag), fontsize=8)
-        _fit_y(axes, ranges, shared)
+        _fit_y(axes, ranges, shared, ACC_CEILING)
         for ax, (key, _, _) in zip(axes, row):
             _teacher(ax, teachers, _select(students, key), value)
     _finish(fig, title, _legend_title(_max_seeds(students), band))
@@ -512,7 +518,7 @@ def acc_vs_temperature_by_duration(df: pd.DataFrame, method: str | None = None, 
             ax.set_ylabel(f"student test {value} (%)")
             ax.set_title(_panel_title(key, m), fontsize=8)
             ax.set_gid(m)
-        _fit_y(axes, ranges, share and len({m for m, _ in row}) == 1)
+        _fit_y(axes, ranges, share and len({m for m, _ in row}) == 1, ACC_CEILING)
         for ax, (m, key) in zip(axes, row):
             _teacher(ax, teachers, _select(students[students["method_label"] == m], key), value)
     _finish(fig, "Accuracy vs temperature by training length" + (f" ({methods[0]})" if len(methods) == 1
@@ -600,7 +606,7 @@ def early_vs_final(df: pd.DataFrame, early_epoch: int | None = None, value: str 
         drawn = ok[ok["run_id"].isin(early_rows["run_id"])] if early else ok
         r_f.append(_mark_diverged(ax_f, sel[sel["status"] == "diverged"], drawn, value))
         for ax, r in ((ax_e, r_e), (ax_f, r_f)):
-            _fit_y([ax], [_union(*r) if r else (math.nan, math.nan)], False)
+            _fit_y([ax], [_union(*r) if r else (math.nan, math.nan)], False, ACC_CEILING)
             _temperature_axis(ax, final["temperature"])
             ax.set_ylabel(f"student test {value} (%)")
         et = f"epoch {early} (earlier)" if early else "no earlier evaluation"

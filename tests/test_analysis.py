@@ -722,3 +722,14 @@ def test_student_init_side_by_side_per_model_row_with_a_missing_init():
         keys = [dict(kv.split("=") for kv in ax.get_title().split(", ")) for ax in r]
         assert sorted(k["init"] for k in keys) == ["imagenet", "none"] and r[0].get_ylim() == r[1].get_ylim()
         assert len({k["model"] for k in keys}) == 1  # one model per row
+
+
+def test_accuracy_axes_stop_a_little_past_100():
+    """A band reaching 100 % (few seeds, a wide t interval) gets no headroom far past 100."""
+    rows = []
+    for seed, (a, b) in enumerate([(30.0, 94.0), (60.0, 95.0), (90.0, 96.0)]):
+        rows += student_rows("kd", 1, seed, a) + student_rows("kd", 2, seed, b)
+    ax = figures.acc_vs_temperature(frame(rows)).axes[0]
+    lo, hi = ax.get_ylim()
+    assert lo < 0 and 100 < hi <= 100 + 0.1 * 100 + 1e-9  # the band is cut at [0, 100]
+    assert figures.overlapping_texts(ax.figure) == []
