@@ -73,6 +73,9 @@ def test_windows(sizes: np.ndarray, resize: int, crop: int) -> tuple[np.ndarray,
     return resized, anchors, shapes
 
 
+test_windows.__test__ = False  # not a pytest test, whatever imports it
+
+
 def check_train_plan(store_sizes: np.ndarray, plan: EpochPlan, batch_size: int, start_step: int) -> int:
     """The checks of ``DecoderPool.train_batches``; returns the number of full batches."""
     order, boxes = plan.order, plan.boxes
