@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data-workers", type=int, default=None, metavar="N",
                    help="streamed data (imagenet, augment rrc_flip): JPEG decoder processes per training process "
                         "(default min(CPUs, 8); 0 decodes in the training process)")
+    c.add_argument("--decoder", default="cpu", choices=("cpu", "dali"),
+                   help="streamed data: decode JPEGs with Pillow in worker processes (cpu, default) or with "
+                        'NVIDIA DALI (dali: nvJPEG on the GPU; needs pip install "tstudy[dali]")')
     c.add_argument("--checkpoint-steps", type=int, default=0, metavar="N",
                    help="also checkpoint every N training steps, so a stopped run resumes within its epoch "
                         "(default 0: at epoch ends only)")
@@ -198,7 +201,10 @@ def check_machine_flags(args: argparse.Namespace) -> None:
 
 
 def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
+    from tstudy.stream_data import check_decoder
+
     check_machine_flags(args)
+    check_decoder(getattr(args, "decoder", "cpu"), study.runs())
     if args.executor == "slurm":
         from tstudy.executors import slurm
 
@@ -233,7 +239,7 @@ def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     if not todo:
         return 0
     env = RunEnv(device=device, data_root=args.data_root, pack_mode=args.pack_mode, cuda_graphs=args.cuda_graphs,
-                 data_workers=args.data_workers, checkpoint_steps=args.checkpoint_steps)
+                 data_workers=args.data_workers, checkpoint_steps=args.checkpoint_steps, decoder=args.decoder)
     t0 = time.perf_counter()
     results = run_local(runs, store, env, pack=opts.pack, workers=workers, threads=threads,
                         before=lambda: preflight(study, store, todo, args.data_root, env if workers == 1 else None))

@@ -77,6 +77,8 @@ class RunEnv:
     # process), and a checkpoint every ``checkpoint_steps`` training steps (0: at epoch ends only).
     data_workers: int | None = None
     checkpoint_steps: int = 0
+    # Streamed data: the JPEG decoder, ``cpu`` (DecoderPool, Pillow) or ``dali`` (tstudy.data.dali).
+    decoder: str = "cpu"
     stop_after_step: tuple[int, int] | None = None  # for tests: stop (as if killed) after this step's checkpoint
     _data: dict = field(default_factory=dict, repr=False)
 
@@ -89,6 +91,8 @@ class RunEnv:
             raise ConfigError(f"--data-workers: must be >= 0, got {self.data_workers}")
         if self.checkpoint_steps < 0:
             raise ConfigError(f"--checkpoint-steps: must be >= 0 (0: at epoch ends only), got {self.checkpoint_steps}")
+        if self.decoder not in ("cpu", "dali"):
+            raise ConfigError(f"--decoder: unknown value {self.decoder!r}; valid: cpu, dali")
 
     def data(self, cfg: RunConfig) -> "DeviceData":
         from tstudy.stream_data import open_stream, streams
@@ -97,7 +101,8 @@ class RunEnv:
         if key in self._data:
             return self._data[key]
         if streams(cfg):
-            self._data[key] = open_stream(cfg, self.data_root, torch.device(self.device), self.data_workers)
+            self._data[key] = open_stream(cfg, self.data_root, torch.device(self.device), self.data_workers,
+                                         getattr(self, "decoder", "cpu"))
         else:
             splits = load_dataset(cfg.dataset, self.data_root, image_size=cfg.image_size, labels=cfg.labels)
             self._data[key] = DeviceData(with_validation(splits, cfg.val_fraction), torch.device(self.device))

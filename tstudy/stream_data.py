@@ -22,6 +22,7 @@ Normalisation: the ImageNet mean/std (as torchvision's references), for every st
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +40,42 @@ TRAIN_EVAL_MAX = 10_000
 TRAIN_EVAL_SEED = 15
 EVAL_BATCH = 256
 MAX_AUTO_WORKERS = 8
+
+
+DECODERS = ("cpu", "dali")
+
+
+def make_decoder(store, decoder: str, workers: int, device: torch.device):
+    """The decoder of a store: ``"cpu"``, a :class:`~tstudy.data.decode.DecoderPool` of ``workers``
+    processes; ``"dali"``, a :class:`~tstudy.data.dali.DaliDecoder` (nvJPEG on ``device`` when it is
+    a CUDA device, else DALI's CPU pipeline; ``workers`` unused)."""
+    if decoder == "dali":
+        from tstudy.data.dali import DaliDecoder
+
+        if device.type == "cuda":
+            return DaliDecoder(store, "gpu", device_id=device.index if device.index is not None
+                               else torch.cuda.current_device())
+        return DaliDecoder(store, "cpu")
+    if decoder != "cpu":
+        raise ConfigError(f"--decoder: unknown value {decoder!r}; valid: {', '.join(DECODERS)}")
+    from tstudy.data.decode import DecoderPool
+
+    return DecoderPool(store, workers)
+
+
+def check_decoder(decoder: str, runs) -> None:
+    """``--decoder dali`` needs a streamed run and DALI installed: a ConfigError (one line) otherwise."""
+    if decoder == "cpu":
+        return
+    if decoder not in DECODERS:
+        raise ConfigError(f"--decoder: unknown value {decoder!r}; valid: {', '.join(DECODERS)}")
+    from tstudy.data.dali import INSTALL_HINT, available
+
+    if not any(streams(r) for r in runs):
+        raise ConfigError("--decoder dali: decodes the streamed data path only (dataset imagenet or augment "
+                          "'rrc_flip'); this study has no streamed run")
+    if not available():
+        raise ConfigError(f"--decoder dali: NVIDIA DALI is not installed; {INSTALL_HINT}")
 
 
 def streams(cfg: RunConfig) -> bool:
@@ -90,14 +127,13 @@ class StreamData:
     """A packed store streamed through a decoder pool; the interface of ``DeviceData``."""
 
     def __init__(self, train_store: Path, test_store: Path, name: str, image_size: int | None, val_fraction: float,
-                 device: torch.device, workers: int = 0) -> None:
-        from tstudy.data.decode import DecoderPool
+                 device: torch.device, workers: int = 0, decoder: str = "cpu") -> None:
         from tstudy.data.packed import PackedStore
         from tstudy.data.validation import split_indices
 
-        self.device, self.workers = device, workers
-        self.train_pool = DecoderPool(PackedStore(train_store), workers)
-        self.test_pool = DecoderPool(PackedStore(test_store), workers)
+        self.device, self.workers, self.decoder = device, workers, decoder
+        self.train_pool = make_decoder(PackedStore(train_store), decoder, workers, device)
+        self.test_pool = make_decoder(PackedStore(test_store), decoder, workers, device)
         store = self.train_pool.store
         self.splits = StreamInfo(name, len(store.classes), image_size or DEFAULT_IMAGE_SIZE, list(store.classes))
         self.num_classes = self.splits.num_classes
@@ -168,12 +204,15 @@ def stream_info(cfg: RunConfig, data_root: str | None) -> StreamInfo:
     return StreamInfo(cfg.dataset, len(names), cfg.image_size or DEFAULT_IMAGE_SIZE, names)
 
 
-def open_stream(cfg: RunConfig, data_root: str | None, device: torch.device, workers: int | None) -> StreamData:
-    """The streamed data of ``cfg`` (its stores packed first if needed)."""
+def open_stream(cfg: RunConfig, data_root: str | None, device: torch.device, workers: int | None,
+                decoder: str = "cpu") -> StreamData:
+    """The streamed data of ``cfg`` (its stores packed first if needed), decoded by ``decoder``."""
     from tstudy.data.imagenet import stores
 
     if cfg.dataset not in STREAMED_DATASETS + ("imagefolder",):
         raise ConfigError(f"augment: 'rrc_flip' needs a dataset read from JPEG files, not {cfg.dataset!r}")
     train, test = stores(cfg.dataset, data_root)
+    if decoder == "dali" and device.type != "cuda":
+        print(f"tstudy: --decoder dali: no CUDA device ({device}), DALI decodes on the CPU", file=sys.stderr)
     return StreamData(train, test, cfg.dataset, cfg.image_size, cfg.val_fraction, device,
-                      auto_workers() if workers is None else workers)
+                      auto_workers() if workers is None else workers, decoder)

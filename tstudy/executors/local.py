@@ -29,7 +29,8 @@ def run_local(runs: Sequence[RunConfig], store: RunStore, env: Any, progress: bo
     results = {rid: SKIPPED for rid, _ in plan.blocked}
     for rid, why in plan.blocked:
         print(f"{rid}: skipped, {why}", file=out)
-    spec = EnvSpec(env.device, env.data_root, env.pack_mode, env.cuda_graphs, env.data_workers, env.checkpoint_steps)
+    spec = EnvSpec(env.device, env.data_root, env.pack_mode, env.cuda_graphs, env.data_workers, env.checkpoint_steps,
+                   getattr(env, "decoder", "cpu"))
     tty = out.isatty() if progress is None else progress
     bar = Progress(len(plan.todo), workers, tty, out)
     outcomes = run_packs(plan.packs, store, spec, workers, threads, bar, env=env if workers == 1 else None,

@@ -267,9 +267,10 @@ class TrainJob:
 
     def __init__(self, packs: Sequence[Sequence[RunConfig]], root: str, study: str, device: str = "auto",
                  data_root: str | None = None, pack_mode: str = "auto", cuda_graphs: str = "auto",
-                 workers: int = 1, data_workers: int | None = None, checkpoint_steps: int = 0) -> None:
+                 workers: int = 1, data_workers: int | None = None, checkpoint_steps: int = 0,
+                 decoder: str = "cpu") -> None:
         self.packs = tuple(tuple(p) for p in packs)
-        self.data_workers, self.checkpoint_steps = data_workers, checkpoint_steps
+        self.data_workers, self.checkpoint_steps, self.decoder = data_workers, checkpoint_steps, decoder
         self.root, self.study, self.device, self.data_root = root, study, device, data_root
         self.pack_mode, self.cuda_graphs, self.workers = pack_mode, cuda_graphs, workers
 
@@ -288,7 +289,7 @@ class TrainJob:
         store = RunStore(self.root, self.study)
         spec = EnvSpec(resolve_device(self.device), self.data_root, getattr(self, "pack_mode", "auto"),
                        getattr(self, "cuda_graphs", "auto"), getattr(self, "data_workers", None),
-                       getattr(self, "checkpoint_steps", 0))
+                       getattr(self, "checkpoint_steps", 0), getattr(self, "decoder", "cpu"))
         threads = max(1, job_threads() // workers)
         start = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) + 1
         _say(f"job {os.environ.get('SLURM_JOB_ID')} start #{start}, {len(runs)} run(s) in {len(packs)} pack(s), "
@@ -360,7 +361,8 @@ def make_executor(folder: Path, opts: SlurmOptions, study: str, dependency: str 
 
 def submit(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, live: Mapping[str, str],
            device: str, data_root: str | None, out=None, pack_mode: str = "auto",
-           cuda_graphs: str = "auto", data_workers: int | None = None, checkpoint_steps: int = 0) -> dict[str, str]:
+           cuda_graphs: str = "auto", data_workers: int | None = None, checkpoint_steps: int = 0,
+           decoder: str = "cpu") -> dict[str, str]:
     """Submit the arrays in order; record each job in its runs' directories. Returns {run id: job id}."""
     out = out or sys.stdout
     folder = log_dir(store, opts)
@@ -368,7 +370,7 @@ def submit(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, liv
     folder.mkdir(parents=True, exist_ok=True)
     try:
         return _submit_arrays(arrays, store, opts, live, device, data_root, out, pack_mode, cuda_graphs, folder,
-                              data_workers, checkpoint_steps)
+                              data_workers, checkpoint_steps, decoder)
     except BaseException:
         if created:  # nothing left behind by a submission that failed at once
             with contextlib.suppress(OSError):
@@ -378,7 +380,8 @@ def submit(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, liv
 
 def _submit_arrays(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, live: Mapping[str, str],
                    device: str, data_root: str | None, out: Any, pack_mode: str, cuda_graphs: str,
-                   folder: Path, data_workers: int | None = None, checkpoint_steps: int = 0) -> dict[str, str]:
+                   folder: Path, data_workers: int | None = None, checkpoint_steps: int = 0,
+                   decoder: str = "cpu") -> dict[str, str]:
     job_of = dict(live)
     root = str(store.root.resolve())
     data_root = str(Path(data_root).resolve()) if data_root else None
@@ -389,7 +392,8 @@ def _submit_arrays(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOpti
             with ex.batch():
                 jobs = [ex.submit(TrainJob([p.runs for p in packs], root, store.study, device, data_root, pack_mode,
                                            cuda_graphs, workers=min(opts.job_packs, len(packs)),
-                                           data_workers=data_workers, checkpoint_steps=checkpoint_steps))
+                                           data_workers=data_workers, checkpoint_steps=checkpoint_steps,
+                                           decoder=decoder))
                         for packs in array.jobs]
         for job, packs in zip(jobs, array.jobs):
             runs = [r for p in packs for r in p.runs]
@@ -468,7 +472,7 @@ def launch(study: Any, store: RunStore, args: argparse.Namespace, out=None) -> i
     preflight(study, store, plan.todo, args.data_root)
     cancel_never_satisfied(runs, store, queue)
     submit(arrays, store, opts, live, args.device, args.data_root, out, args.pack_mode, args.cuda_graphs,
-           getattr(args, "data_workers", None), getattr(args, "checkpoint_steps", 0))
+           getattr(args, "data_workers", None), getattr(args, "checkpoint_steps", 0), getattr(args, "decoder", "cpu"))
     print(f"logs: {log_dir(store, opts)}/   follow with: tstudy status {study.source or study.name}"
           + (f" --root {args.root}" if args.root != "results" else ""), file=out)
     return 0

@@ -39,6 +39,7 @@ class EnvSpec:
     cuda_graphs: str = "auto"
     data_workers: int | None = None  # streamed data: decoder processes (None: min(CPUs, 8))
     checkpoint_steps: int = 0  # also checkpoint every N steps (0: at epoch ends only)
+    decoder: str = "cpu"  # streamed data: cpu (DecoderPool) or dali
 
 
 @dataclass(frozen=True)
@@ -375,7 +376,8 @@ def _make_env(spec: EnvSpec) -> Any:
     from tstudy.engine import RunEnv
 
     return RunEnv(device=spec.device, data_root=spec.data_root, pack_mode=spec.pack_mode, cuda_graphs=spec.cuda_graphs,
-                  data_workers=getattr(spec, "data_workers", None), checkpoint_steps=getattr(spec, "checkpoint_steps", 0))
+                  data_workers=getattr(spec, "data_workers", None), checkpoint_steps=getattr(spec, "checkpoint_steps", 0),
+                  decoder=getattr(spec, "decoder", "cpu"))
 
 
 def _train(pack: Pack, store: RunStore, env: Any) -> dict[str, Outcome]:
