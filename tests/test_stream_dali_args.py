@@ -77,3 +77,67 @@ def test_test_windows_equal_resize_centercrop(resize, crop):
 def test_test_windows_reject_a_crop_larger_than_the_resized_image():
     with pytest.raises(ValueError, match="crop"):
         test_windows(np.array([[100, 100]]), 32, 40)
+
+
+# --------------------------------------------------------------------------- --decoder dali: errors (no DALI needed)
+STREAMED = """
+from tstudy import RunConfig, Study
+study = Study(name="{name}", base=RunConfig(model="cnn_s", dataset="imagefolder", image_size=32,
+                                            augment="{augment}", batch_size=8, epochs=1), seeds=[0])
+"""
+
+
+def _study(tmp_path, name, augment):
+    f = tmp_path / f"{name}.py"
+    f.write_text(STREAMED.format(name=name, augment=augment))
+    return f
+
+
+@pytest.fixture
+def no_dali(monkeypatch):
+    """As if DALI were not installed: importing nvidia.dali raises ImportError."""
+    import sys
+
+    for name in list(sys.modules):
+        if name == "nvidia.dali" or name.startswith("nvidia.dali."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+
+
+def test_decoder_dali_on_a_non_streamed_study_exits_2_with_one_line(tmp_path, capsys):
+    from tstudy.cli import main
+
+    f = _study(tmp_path, "plain", "crop_flip")
+    for extra in ([], ["--dry-run"], ["--executor", "slurm"]):
+        assert main(["launch", str(f), "--root", str(tmp_path / "res"), "--device", "cpu", "--decoder", "dali"]
+                    + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("tstudy: error: --decoder dali:") and "streamed" in err[0]
+    assert not (tmp_path / "res").exists()  # nothing written
+
+
+def test_decoder_dali_without_dali_exits_2_naming_the_extra(tmp_path, capsys, no_dali):
+    from tstudy.cli import main
+    from tstudy.data.dali import DaliMissing, available
+
+    assert not available()
+    f = _study(tmp_path, "streamed", "rrc_flip")
+    assert main(["launch", str(f), "--root", str(tmp_path / "res"), "--device", "cpu", "--decoder", "dali"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['tstudy: error: --decoder dali: NVIDIA DALI is not installed; pip install "tstudy[dali]"']
+    assert not (tmp_path / "res").exists()
+    from tstudy.data.dali import DaliDecoder
+
+    with pytest.raises(DaliMissing, match=r"tstudy\[dali\]"):
+        DaliDecoder(tmp_path)
+
+
+def test_decoder_is_a_machine_setting():
+    from tstudy.engine import RunEnv
+    from tstudy.errors import ConfigError
+    from tstudy.executors.workers import EnvSpec, _make_env
+
+    assert RunEnv().decoder == "cpu" and EnvSpec().decoder == "cpu"
+    assert _make_env(EnvSpec(decoder="dali")).decoder == "dali"
+    with pytest.raises(ConfigError, match="--decoder"):
+        RunEnv(decoder="gpu")
