@@ -5,7 +5,8 @@
 packing and evaluation do not fork. Each epoch's plan (order, random-resized-crop boxes, flips)
 is a pure function of (seed, epoch) (:mod:`tstudy.data.plan`); a :class:`DecoderPool` executes
 it (:mod:`tstudy.data.decode`), so batches do not depend on the number of decoder workers and an
-epoch resumes at any step. Batches move to the device non-blocking and are normalised there.
+epoch resumes at any step. ``decoder="dali"`` (``--decoder dali``) executes the same plans with
+NVIDIA DALI instead (:mod:`tstudy.data.dali`; close to, not identical with, Pillow's pixels). Batches move to the device non-blocking and are normalised there.
 
 Which path a run takes (:func:`streams`): ``imagenet`` always streams; any other dataset streams
 exactly when its ``augment`` is ``"rrc_flip"``. So the augmentation decides the path and results
@@ -213,6 +214,6 @@ def open_stream(cfg: RunConfig, data_root: str | None, device: torch.device, wor
         raise ConfigError(f"augment: 'rrc_flip' needs a dataset read from JPEG files, not {cfg.dataset!r}")
     train, test = stores(cfg.dataset, data_root)
     if decoder == "dali" and device.type != "cuda":
-        print(f"tstudy: --decoder dali: no CUDA device ({device}), DALI decodes on the CPU", file=sys.stderr)
+        print(f"tstudy: --decoder dali: training on {device}, not CUDA: DALI decodes on the CPU", file=sys.stderr)
     return StreamData(train, test, cfg.dataset, cfg.image_size, cfg.val_fraction, device,
                       auto_workers() if workers is None else workers, decoder)
