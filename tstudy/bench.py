@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m tstudy.bench", description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, choices=("stream",),
                    help="stream: the streamed data path's decode benchmark instead (tstudy/stream_bench.py; "
-                        "its own options: --data stream --help)")
+                        "its own options: --data stream --help); with --train its training benchmark "
+                        "(tstudy/stream_train_bench.py; --data stream --train --help)")
     p.add_argument("--tiny", action="store_true", help="tiny models and data, a few steps (automatic without CUDA)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     p.add_argument("--out", default=None, help="JSON path (default results/bench/bench-<device>.json)")
