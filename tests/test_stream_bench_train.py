@@ -19,6 +19,7 @@ def test_tiny_stream_train_bench_writes_every_setting(tmp_path):
     assert (s["teacher"], s["student"], s["workers"], s["ks"], s["precision"]) == ("cnn_l", "cnn_s", 1, [1, 2], "fp32")
     rows = report["results"]
     assert [(r["setting"], r["k"]) for r in rows] == [("classic", 1), ("tstudy", 1), ("tstudy", 2)]
+    assert not [r for r in rows if "error" in r]
     base = rows[0]["student_images_per_s"]
     for r in rows:
         assert r["students"] == r["k"] and r["batch"] == s["batch"] and r["steps"] == 2 and r["share_steps"] == 2

@@ -8,7 +8,7 @@ and ``tv_resnet18`` students at 224 px, ImageNet-sized JPEGs decoded while train
   ``Normalize`` feeding ONE student: teacher forward under ``no_grad``, KD at T = 4 + CE
   (0.1 CE + 0.9 T^2 KL, as ``tstudy.bench``), SGD with momentum; bf16 autocast and channels_last
   on CUDA (fp32 on the CPU); batches copied to the device non-blocking from pinned memory.
-- ``tstudy`` K = 1, 4, 8: the engine's streamed path (:class:`tstudy.stream_data.StreamData`
+- ``tstudy`` K = 1, 4, 8 (``--ks``): the engine's streamed path (:class:`tstudy.stream_data.StreamData`
   over a packed store of the same images, :class:`tstudy.data.decode.DecoderPool` with N
   workers) feeding K KD students through the engine's own step (``tstudy.bench.engine_group``:
   one teacher forward, then one packed network of K students; K = 1 is a lone student), each step
@@ -24,7 +24,10 @@ of the step = wait / (wait + step). On CUDA, 5 more steps under ``torch.profiler
 Images: ``synth224`` (synthetic 500x375 JPEGs, quality 90, generated once; the epochs cycle, each
 with new crops) or ``--source FOLDER`` (any ImageFolder). ``--tiny`` (automatic without CUDA):
 small JPEGs, 32 px, tiny models (``cnn_l`` -> ``cnn_s``), a few steps, so that a test runs the
-whole pipeline on the CPU; its numbers mean nothing.
+whole pipeline on the CPU; its numbers mean nothing. A setting that fails (e.g. out of GPU
+memory) is recorded with its ``error`` and the others go on.
+
+``scripts/gpu_stream_bench.sh`` runs the GPU version as one command.
 """
 from __future__ import annotations
 
@@ -76,7 +79,8 @@ def options(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep", default=None, metavar="DIR",
                    help="build images and the packed store in DIR and keep them (reused when there)")
     p.add_argument("--out", default=None,
-                   help="JSON path (default results/bench/stream-train-<device>[-tiny].json)")
+                   help="JSON path (default <out-dir>/stream-train-<device>[-tiny].json)")
+    p.add_argument("--out-dir", default="results/bench", help="folder of the default JSON path (default results/bench)")
     return p.parse_args(argv)
 
 
@@ -239,7 +243,7 @@ def main(argv: list[str]) -> dict:
         torch.backends.cudnn.benchmark = True
     dev_name = device_name(device)
     out_path = Path(args.out) if args.out else \
-        Path("results/bench") / f"stream-train-{bench.device_slug(dev_name)}{'-tiny' if tiny else ''}.json"
+        Path(args.out_dir) / f"stream-train-{bench.device_slug(dev_name)}{'-tiny' if tiny else ''}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if timing["profile"]:
         bench.PROFILE["path"] = str(out_path.with_name(out_path.stem + "-profile.txt"))
@@ -282,10 +286,16 @@ def main(argv: list[str]) -> dict:
                 torch.cuda.empty_cache()
                 bench.MEMORY["before"] = torch.cuda.memory_allocated(device)
             bench.PROFILE["label"] = f"stream-train {st}"
-            if st["setting"] == "classic":
-                r = classic(folder, size, teacher, student, device, batch, workers, precision, timing)
-            else:
-                r = tstudy(store, size, teacher, student, device, batch, workers, precision, st["k"], timing)
+            try:
+                if st["setting"] == "classic":
+                    r = classic(folder, size, teacher, student, device, batch, workers, precision, timing)
+                else:
+                    r = tstudy(store, size, teacher, student, device, batch, workers, precision, st["k"], timing)
+            except Exception as e:  # noqa: BLE001 - e.g. out of GPU memory: recorded, the other settings go on
+                results.append({**st, "students": st["k"], "batch": batch,
+                                "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+                print(f"{st['setting']:8s} K {st['k']:2d}: FAILED {results[-1]['error']}", flush=True)
+                continue
             row: dict[str, Any] = {**st, "students": st["k"], "batch": batch, **r}
             row["student_images_per_s"] = row["batch_images_per_s"] * st["k"]
             if st["setting"] == "classic":
