@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU half of issue 15's stream benchmark, as ONE command (about 2 minutes expected on an
+# The GPU half of issue 15's stream benchmark, as ONE command (estimated, not measured: about 2 minutes on an
 # H100/H200 with 16 cores; killed at 280 s so that it fits 5 minutes of device time):
 #
 #   scripts/gpu_stream_bench.sh [more options of python -m tstudy.bench --data stream --train]
