@@ -13,7 +13,7 @@ def test_tiny_stream_train_bench_writes_every_setting(tmp_path):
                          "--workers", "1", "--steps", "2", "--warmup", "1", "--share-steps", "2",
                          "--keep", str(tmp_path / "imgs"), "--out", str(out)])
     assert json.loads(out.read_text()) == report
-    assert report["benchmark"] == "stream-train" and report["tiny"] and "mean nothing" in report["note"]
+    assert report["benchmark"] == "stream-train" and report["complete"] and report["tiny"] and "mean nothing" in report["note"]
     assert report["environment"]["device"] == "cpu" and report["environment"]["torch"]
     s = report["settings"]
     assert (s["teacher"], s["student"], s["workers"], s["ks"], s["precision"]) == ("cnn_l", "cnn_s", 1, [1, 2], "fp32")
@@ -41,3 +41,22 @@ def test_stream_bench_routes_train():
     assert stream_bench.requested(["--data", "stream", "--train"])
     assert stream_train_bench.options(["--data", "stream", "--train"]).ks is None
     assert 1 <= stream_train_bench.default_workers() <= stream_train_bench.MAX_WORKERS
+
+
+def test_a_failing_setting_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+    real = stream_train_bench.tstudy
+
+    def tstudy(*args, **kw):
+        if args[-2] == 2:  # k
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(stream_train_bench, "tstudy", tstudy)
+    report = bench.main(["--data", "stream", "--train", "--device", "cpu", "--only", "tstudy", "--ks", "2,1",
+                         "--workers", "0", "--steps", "1", "--warmup", "0", "--share-steps", "1",
+                         "--out", str(tmp_path / "t.json")])
+    failed, ok = report["results"]
+    assert failed == {"setting": "tstudy", "k": 2, "students": 2, "batch": 8,
+                      "error": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    assert ok["k"] == 1 and ok["student_images_per_s"] > 0 and ok["ratio_to_classic"] is None
+    assert report["complete"]

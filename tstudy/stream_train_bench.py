@@ -249,6 +249,39 @@ def main(argv: list[str]) -> dict:
         bench.PROFILE["path"] = str(out_path.with_name(out_path.stem + "-profile.txt"))
         Path(bench.PROFILE["path"]).write_text("")
 
+    env = stream_bench.environment()
+    env.update({"device": dev_name, "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+                "cudnn_benchmark": torch.backends.cudnn.benchmark})
+    facts: dict[str, Any] = {}
+
+    def write(results: list[dict], complete: bool) -> dict:
+        """The JSON so far (written after every setting, so a run cut short keeps what it measured)."""
+        report = {
+            "benchmark": "stream-train", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "complete": complete, "environment": env, "tiny": tiny, **facts,
+            "settings": {"teacher": teacher, "student": student, "image_size": size, "batch": batch,
+                         "precision": precision, "channels_last": device.type == "cuda", "workers": workers,
+                         "ks": ks, "temperature_classic": TEMPERATURE, **timing},
+            "teacher_weights": "random initialisation (throughput does not depend on the weights)",
+            "note": ("student_images_per_s: students x batch images per second over the timed steps (no synchronise "
+                     "between steps; teacher forward included); ratio_to_classic: student_images_per_s / classic's. "
+                     "decoder_share: over share_steps further steps, host-side time in next() on the batch iterator "
+                     "(waiting for decoded batches, plus the host-to-device copy the iterator issues, in both loops) "
+                     "divided by that plus the step's time up to a CUDA synchronise at its end; the per-step "
+                     "synchronise keeps the host from running ahead, so synced_step_ms can exceed step_ms. "
+                     "gpu_busy_pct (CUDA only; null on the CPU, where the profiler gives no GPU time): summed kernel "
+                     "time / wall time per step over 5 profiled steps (torch.profiler, tstudy.bench's helper), data "
+                     "wait included. tstudy K = 1 is a lone student (engine step); K > 1 one packed network of K "
+                     "students (KD at temperatures 1..K; speed does not depend on them). complete: false while the "
+                     "run is still going (or was cut short)." +
+                     (" TINY run (tiny images, models and steps): a pipeline check, the numbers mean nothing."
+                      if tiny else "")),
+            "results": results,
+        }
+        out_path.write_text(json.dumps(report, indent=2) + "\n")
+        return report
+
     tmp = None
     if args.keep:
         base = Path(args.keep)
@@ -256,6 +289,7 @@ def main(argv: list[str]) -> dict:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="tstudy-stream-train-")
         base = Path(tmp.name)
+    results: list[dict] = []
     try:
         t0 = time.perf_counter()
         if args.source:
@@ -273,12 +307,12 @@ def main(argv: list[str]) -> dict:
             store_dir = base / f"store-synth-{n}-{hw[1]}x{hw[0]}-{classes}"
         store = build_store(folder, store_dir, progress=False)
         prepare_s = time.perf_counter() - t0
+        facts.update({"images": images_note, "prepare_s": prepare_s})
         print(f"device {dev_name}; {images_note}; store ready in {prepare_s:.1f}s; {teacher} -> {student} at "
               f"{size} px, batch {batch}, {precision}, {workers} workers; {timing['steps']} timed steps after "
               f"{timing['warmup']}, {timing['share_steps']} for the decoder share", flush=True)
         settings = ([{"setting": "classic", "k": 1}] if "classic" in only else []) + \
             ([{"setting": "tstudy", "k": k} for k in ks] if "tstudy" in only else [])
-        results: list[dict] = []
         base_rate = None
         for st in settings:
             gc.collect()
@@ -295,6 +329,7 @@ def main(argv: list[str]) -> dict:
                 results.append({**st, "students": st["k"], "batch": batch,
                                 "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
                 print(f"{st['setting']:8s} K {st['k']:2d}: FAILED {results[-1]['error']}", flush=True)
+                write(results, False)
                 continue
             row: dict[str, Any] = {**st, "students": st["k"], "batch": batch, **r}
             row["student_images_per_s"] = row["batch_images_per_s"] * st["k"]
@@ -302,6 +337,7 @@ def main(argv: list[str]) -> dict:
                 base_rate = row["student_images_per_s"]
             row["ratio_to_classic"] = None if base_rate is None else row["student_images_per_s"] / base_rate
             results.append(row)
+            write(results, False)
             ratio = "" if row["ratio_to_classic"] is None else f"  x{row['ratio_to_classic']:.2f}"
             busy = "" if row["gpu_busy_pct"] is None else f"  GPU busy {row['gpu_busy_pct']:.0f}%"
             print(f"{st['setting']:8s} K {st['k']:2d}: {row['student_images_per_s']:9.0f} student img/s{ratio}  "
@@ -310,31 +346,6 @@ def main(argv: list[str]) -> dict:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    env = stream_bench.environment()
-    env.update({"device": dev_name, "cuda": torch.version.cuda,
-                "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-                "cudnn_benchmark": torch.backends.cudnn.benchmark})
-    report = {
-        "benchmark": "stream-train", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "environment": env, "tiny": tiny, "images": images_note, "prepare_s": prepare_s,
-        "settings": {"teacher": teacher, "student": student, "image_size": size, "batch": batch,
-                     "precision": precision, "channels_last": device.type == "cuda", "workers": workers,
-                     "ks": ks, "temperature_classic": TEMPERATURE, **timing},
-        "teacher_weights": "random initialisation (throughput does not depend on the weights)",
-        "note": ("student_images_per_s: students x batch images per second over the timed steps (no synchronise "
-                 "between steps; teacher forward included); ratio_to_classic: student_images_per_s / classic's. "
-                 "decoder_share: over share_steps further steps, host-side time in next() on the batch iterator "
-                 "(waiting for decoded batches, plus the host-to-device copy the iterator issues, in both loops) "
-                 "divided by that plus the step's time up to a CUDA synchronise at its end; the per-step "
-                 "synchronise keeps the host from running ahead, so synced_step_ms can exceed step_ms. "
-                 "gpu_busy_pct (CUDA only; null on the CPU): summed kernel time / wall time per step over 5 "
-                 "profiled steps (torch.profiler, tstudy.bench's helper), data wait included. "
-                 "tstudy K = 1 is a lone student (engine step); K > 1 one packed network of K students (KD at "
-                 "temperatures 1..K; speed does not depend on them)." +
-                 (" TINY run (tiny images, models and steps): a pipeline check, the numbers mean nothing."
-                  if tiny else "")),
-        "results": results,
-    }
-    out_path.write_text(json.dumps(report, indent=2) + "\n")
+    report = write(results, True)
     print(f"wrote {out_path}", flush=True)
     return report
