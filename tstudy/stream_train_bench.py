@@ -4,22 +4,25 @@ A ``tv_resnet34`` teacher (randomly initialised, frozen; speed does not depend o
 and ``tv_resnet18`` students at 224 px, ImageNet-sized JPEGs decoded while training, in one run:
 
 - ``classic``: torchvision ``ImageFolder`` + ``DataLoader(num_workers=N, pin_memory=True,
-  persistent_workers, prefetch_factor=4)`` with ``RandomResizedCrop(224)`` + flip + ``ToTensor`` +
-  ``Normalize`` feeding ONE student: teacher forward under ``no_grad``, KD at T = 4 + CE
-  (0.1 CE + 0.9 T^2 KL, as ``tstudy.bench``), SGD with momentum; bf16 autocast and channels_last
-  on CUDA (fp32 on the CPU); batches copied to the device non-blocking from pinned memory.
+  persistent_workers)`` (prefetch_factor 2, PyTorch's default) with ``RandomResizedCrop(224)`` +
+  flip + ``ToTensor`` + ``Normalize`` feeding ONE student: teacher forward under ``no_grad``, KD at
+  T = 4 + CE (0.1 CE + 0.9 T^2 KL, as ``tstudy.bench``), SGD with momentum; bf16 autocast and
+  channels_last on CUDA (fp32 on the CPU); batches copied to the device non-blocking from pinned
+  memory.
 - ``tstudy`` K = 1, 4, 8 (``--ks``): the engine's streamed path (:class:`tstudy.stream_data.StreamData`
   over a packed store of the same images, :class:`tstudy.data.decode.DecoderPool` with N
   workers) feeding K KD students through the engine's own step (``tstudy.bench.engine_group``:
   one teacher forward, then one packed network of K students; K = 1 is a lone student), each step
   a CUDA graph as the engine does. Student images/s = K x batch images/s.
 
-Per setting: student images/s (``steps`` timed steps after ``warmup``, no sync between steps),
-the ratio to ``classic``; then ``share_steps`` more steps, each timed host-side in two parts:
-``next()`` on the batch iterator (waiting for the decoder, plus the host-to-device copy the
-iterator issues) and the step itself up to a CUDA synchronise at its end; the decoder's share
-of the step = wait / (wait + step). On CUDA, 5 more steps under ``torch.profiler`` (the helper of
-``tstudy.bench``): GPU busy % = summed kernel time / wall time per step (data wait included).
+Per setting: student images/s over ``steps`` timed steps (no synchronise between steps; also over
+their second half alone, as a check) after ``warmup`` steps (max(20, 3 x workers) by default, so
+that the batches the loaders buffered at start-up are used up before timing), and the ratio to
+``classic``; then ``share_steps`` more steps, each timed host-side in two parts: ``next()`` on the
+batch iterator (waiting for the decoder, plus the host-to-device copy the iterator issues) and
+the step itself up to a CUDA synchronise at its end; the decoder's share of the step = wait /
+(wait + step). On CUDA, 5 more steps under ``torch.profiler`` (the helper of ``tstudy.bench``):
+GPU busy % = summed kernel time / wall time per step (data wait included).
 
 Images: ``synth224`` (synthetic 500x375 JPEGs, quality 90, generated once; the epochs cycle, each
 with new crops) or ``--source FOLDER`` (any ImageFolder). ``--tiny`` (automatic without CUDA):
@@ -61,8 +64,10 @@ def options(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ks", default=None, help="K values of the tstudy settings (default 1,4,8; tiny 1,2)")
     p.add_argument("--workers", type=int, default=None,
                    help="decoder workers of both loaders (default min(CPUs, 16); tiny 1)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per setting (default 30; tiny 2)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 8; tiny 1)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per setting (default 60; tiny 2)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps first (default max(20, 3 x workers): the loaders' buffers filled at "
+                        "start-up drain before timing; tiny 1)")
     p.add_argument("--share-steps", type=int, default=None,
                    help="steps timed one by one for the decoder's share (default 15; tiny 2)")
     p.add_argument("--batch-size", type=int, default=None, help="images per step (default 256; tiny 8)")
@@ -99,11 +104,16 @@ def timed_split(it: Iterator, step, device, steps: int, warmup: int, share_steps
     bench._sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    half = steps // 2
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(half):
         step(*next(it))
     bench._sync(device)
-    dt = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for _ in range(steps - half):
+        step(*next(it))
+    bench._sync(device)
+    dt, dt2 = time.perf_counter() - t0, time.perf_counter() - t1
     wait = work = 0.0
     for _ in range(share_steps):
         t = time.perf_counter()
@@ -115,6 +125,7 @@ def timed_split(it: Iterator, step, device, steps: int, warmup: int, share_steps
         wait, work = wait + t1 - t, work + t2 - t1
     out: dict[str, Any] = {
         "batch_images_per_s": images_per_step * steps / dt, "step_ms": 1e3 * dt / steps, "steps": steps,
+        "second_half_batch_images_per_s": images_per_step * (steps - half) / dt2 if steps > half else None,
         "share_steps": share_steps, "data_wait_ms_per_step": 1e3 * wait / max(share_steps, 1),
         "synced_step_ms": 1e3 * work / max(share_steps, 1),
         "decoder_share": wait / (wait + work) if share_steps else None}
@@ -147,8 +158,7 @@ def classic(folder: Path, size: int, teacher_name: str, student_name: str, devic
                     T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     dataset = torchvision.datasets.ImageFolder(str(folder), transform=tf)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-                                         pin_memory=cuda, persistent_workers=workers > 0,
-                                         prefetch_factor=4 if workers else None)
+                                         pin_memory=cuda, persistent_workers=workers > 0)
     classes = len(dataset.classes)
     memory = torch.channels_last if cuda else torch.contiguous_format
     teacher = build_model(teacher_name, classes, 3, size).to(device, memory_format=memory).eval()
@@ -178,6 +188,9 @@ def classic(folder: Path, size: int, teacher_name: str, student_name: str, devic
         return timing_call(it, step, device, batch, timing)
     finally:
         it.close()
+        workers_iter = getattr(loader, "_iterator", None)  # persistent workers: stop them before the next setting
+        if hasattr(workers_iter, "_shutdown_workers"):
+            workers_iter._shutdown_workers()
         del loader
 
 
@@ -230,9 +243,11 @@ def main(argv: list[str]) -> dict:
     tiny = args.tiny or device.type != "cuda"
     ks = [int(k) for k in args.ks.split(",")] if args.ks else ([1, 2] if tiny else [1, 4, 8])
     workers = args.workers if args.workers is not None else (1 if tiny else default_workers())
-    timing = {"steps": args.steps or (2 if tiny else 30), "warmup": args.warmup if args.warmup is not None else
-              (1 if tiny else 8), "share_steps": args.share_steps if args.share_steps is not None else
-              (2 if tiny else 15), "profile": not args.no_profile and device.type == "cuda"}
+    def pick(value, tiny_default, default):
+        return value if value is not None else (tiny_default if tiny else default)
+
+    timing = {"steps": pick(args.steps, 2, 60), "warmup": pick(args.warmup, 1, max(20, 3 * workers)),
+              "share_steps": pick(args.share_steps, 2, 15), "profile": not args.no_profile and device.type == "cuda"}
     batch = args.batch_size or (8 if tiny else 256)
     size = args.size or (32 if tiny else 224)
     teacher = args.teacher or (TINY_TEACHER if tiny else TEACHER)
@@ -265,7 +280,10 @@ def main(argv: list[str]) -> dict:
                          "ks": ks, "temperature_classic": TEMPERATURE, **timing},
             "teacher_weights": "random initialisation (throughput does not depend on the weights)",
             "note": ("student_images_per_s: students x batch images per second over the timed steps (no synchronise "
-                     "between steps; teacher forward included); ratio_to_classic: student_images_per_s / classic's. "
+                     "between steps; teacher forward included), after warmup steps that let the batches the loaders "
+                     "buffered at start-up drain; second_half_batch_images_per_s: the same over the timed steps' "
+                     "second half (one synchronise between the halves): much below batch_images_per_s would mean "
+                     "the buffers had not drained. ratio_to_classic: student_images_per_s / classic's. "
                      "decoder_share: over share_steps further steps, host-side time in next() on the batch iterator "
                      "(waiting for decoded batches, plus the host-to-device copy the iterator issues, in both loops) "
                      "divided by that plus the step's time up to a CUDA synchronise at its end; the per-step "
