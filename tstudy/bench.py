@@ -27,6 +27,7 @@ that CI exercises the code; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import platform
@@ -136,28 +137,72 @@ def tstudy_steps(splits, dataset: str, teacher_name: str, student_name: str, dev
                  precision: str, k: int, mode: str, steps: int, warmup: int, graphs: bool = True,
                  compile: bool = False) -> dict:
     """(b) / (c): ``k`` KD runs (temperatures 1..k) through the engine's own step
-    (``engine.group_step``): one teacher forward, then ``_Student.step`` each in turn
-    (``mode="sequential"``) or ``_PackedGroup.step`` (``mode="network"``); with ``graphs`` (and
-    CUDA) replayed as a CUDA graph, as the engine does. ``compile``: the networks' forwards
-    through ``torch.compile`` (an experiment: the engine does not compile)."""
-    from tstudy import engine
+    (:func:`engine_group`), on :class:`tstudy.device_data.DeviceData`."""
     from tstudy.device_data import DeviceData
-    from tstudy.config import RunConfig
-    from tstudy.store import RunStore
 
     data = DeviceData(splits, device)
+    with engine_group(data, dataset, teacher_name, student_name, batch, precision, k, mode, graphs=graphs,
+                      compile=compile) as group:
+
+        def batches() -> Iterator:
+            epoch = 0
+            while True:
+                epoch += 1
+                yield from enumerate(data.epoch_batches(group.cfgs[0].seed, epoch, batch, "crop_flip"))
+
+        out = _timed(batches(), group.step, device, steps, warmup, batch * k)
+        return {**out, **group.info()}
+
+
+class EngineGroup:
+    """What :func:`engine_group` yields: ``step(i, (x, y))`` (the engine's group step; raises if a
+    method failed), the students' configs, and ``info()`` (the CUDA-graph note, the packed impl)."""
+
+    def __init__(self, cfgs, group_step, impl: str | None) -> None:
+        self.cfgs, self.group_step, self.impl = cfgs, group_step, impl
+
+    def step(self, i: int, xy) -> None:
+        if self.group_step(*xy, i):
+            raise RuntimeError("a method failed in the benchmark")
+
+    def info(self) -> dict:
+        out = {"graph": self.group_step.note()}
+        if self.impl:
+            out["impl"] = self.impl
+        return out
+
+
+@contextlib.contextmanager
+def engine_group(data, dataset: str, teacher_name: str, student_name: str, batch: int, precision: str, k: int,
+                 mode: str, graphs: bool = True, compile: bool = False, **cfg_fields) -> Iterator[EngineGroup]:
+    """``k`` KD runs (temperatures 1..k) stepping through the engine's own step
+    (``engine.group_step``) on ``data`` (a ``DeviceData`` or a streamed ``StreamData``): one
+    teacher forward (randomly initialised, frozen), then ``_Student.step`` each in turn
+    (``mode="sequential"``) or ``_PackedGroup.step`` (``mode="network"``); with ``graphs`` (and
+    CUDA) replayed as a CUDA graph, as the engine does. ``compile``: the networks' forwards
+    through ``torch.compile`` (an experiment: the engine does not compile). ``cfg_fields``: more
+    ``RunConfig`` fields (e.g. ``image_size``, ``augment``). Run directories live in a temporary
+    folder for the duration."""
+    from tstudy import engine
+    from tstudy.config import RunConfig
+    from tstudy.device_data import DeviceData
+    from tstudy.store import RunStore
+
+    device = data.device
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp), "bench")
-        tcfg = RunConfig(dataset=dataset, model=teacher_name, epochs=1)
+        tcfg = RunConfig(dataset=dataset, model=teacher_name, epochs=1, **cfg_fields)
         teacher = engine.build_network(tcfg, data).to(device).eval()
         if data.channels_last:
             teacher.to(memory_format=torch.channels_last)
         for p in teacher.parameters():
             p.requires_grad_(False)
         store.run_dir(tcfg).mkdir(parents=True, exist_ok=True)
-        engine.write_teacher_profile(store.run_dir(tcfg), teacher, data, "fp32")  # read by each student's setup
+        if isinstance(data, DeviceData):  # as a finished teacher run leaves it (kd itself does not read it)
+            engine.write_teacher_profile(store.run_dir(tcfg), teacher, data, "fp32")
         cfgs = [RunConfig(dataset=dataset, model=student_name, teacher=tcfg, method="kd",
-                          temperature=float(t + 1), batch_size=batch, epochs=240, precision=precision)
+                          temperature=float(t + 1), batch_size=batch, epochs=240, precision=precision,
+                          **cfg_fields)
                 for t in range(k)]
         for c in cfgs:
             store.run_dir(c).mkdir(parents=True, exist_ok=True)
@@ -173,24 +218,8 @@ def tstudy_steps(splits, dataset: str, teacher_name: str, student_name: str, dev
             teacher.forward = torch.compile(teacher.forward)
             for net in [pack.net] if pack is not None else [s.model for s in students]:
                 net.forward = torch.compile(net.forward)
-
-        def batches() -> Iterator:
-            epoch = 0
-            while True:
-                epoch += 1
-                yield from enumerate(data.epoch_batches(cfgs[0].seed, epoch, batch, "crop_flip"))
-
         group_step = engine.group_step(students, pack, teacher, data, 1, graphs=graphs and device.type == "cuda")
-
-        def step(i, xy) -> None:
-            if group_step(*xy, i):
-                raise RuntimeError("a method failed in the benchmark")
-
-        out = _timed(batches(), step, device, steps, warmup, batch * k)
-        out["graph"] = group_step.note()
-        if impl:
-            out["impl"] = impl
-        return out
+        yield EngineGroup(cfgs, group_step, impl)
 
 
 # --------------------------------------------------------------------------- timing
@@ -287,7 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m tstudy.bench", description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, choices=("stream",),
                    help="stream: the streamed data path's decode benchmark instead (tstudy/stream_bench.py; "
-                        "its own options: --data stream --help)")
+                        "its own options: --data stream --help); with --train its training benchmark "
+                        "(tstudy/stream_train_bench.py; --data stream --train --help)")
     p.add_argument("--tiny", action="store_true", help="tiny models and data, a few steps (automatic without CUDA)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     p.add_argument("--out", default=None, help="JSON path (default results/bench/bench-<device>.json)")
