@@ -52,7 +52,7 @@ OPTIM_COLUMNS = ("optimizer", "lr", "weight_decay", "momentum", "batch_size", "s
 # The paper's studied axes: when one varies, its values go to adjacent panels of one row (same y-range).
 SIDE_BY_SIDE = ["labels", "teacher_init", "init"]
 MAX_LINES = 6  # more lines than this in one panel are split into facets
-ACC_CEILING = 100.0  # accuracies are percentages: y-axis headroom stops a little past 100
+ACC_CEILING = stats.ACC_RANGE[1]  # accuracy axes: headroom stops a little past 100
 BANDS = ("ci", "std")
 BAND_TEXT = {"ci": "shaded: 95 % interval of the mean over seeds",
              "std": "shaded: ± 1 std over seeds"}
@@ -154,7 +154,7 @@ def seed_stats(g: pd.DataFrame, value: str = "acc1", band: str = "std") -> pd.Da
         if band == "ci":
             iv = stats.mean_interval(v)
             if value.startswith("acc"):  # an accuracy's interval is cut at [0, 100] (as recommend does)
-                iv = stats.clipped(iv, 0.0, 100.0)
+                iv = stats.clipped(iv, *stats.ACC_RANGE)
             lo, hi = iv.low, iv.high
         else:
             lo, hi = v.mean() - sd, v.mean() + sd
@@ -288,9 +288,10 @@ def _temperature_axis(ax: plt.Axes, temps: Iterable[float]) -> None:
 
 def _fit_y(axes: list[plt.Axes], ranges: list[tuple[float, float]], shared: bool,
            ceiling: float | None = None) -> None:
-    """The y-axis fits the data and bands with a small margin (and headroom for the corner
-    annotations, up to ``ceiling`` plus a tenth of the span: an accuracy never passes 100);
-    shared: one range for the whole row."""
+    """The y-axis fits the data and bands with a small margin and headroom for the corner
+    annotations; that headroom stops at ``ceiling`` plus a tenth of the span when the data and
+    bands stay below ``ceiling`` (an accuracy's 100; a ± std band may pass it). shared: one range
+    for the whole row."""
     ok = [(lo, hi) for lo, hi in ranges if np.isfinite(lo) and np.isfinite(hi)]
     if not ok:
         return

@@ -187,7 +187,7 @@ def _record(g: pd.DataFrame, setting: dict, label: str, unit: list[str], chosen:
     pb = stats.p_best(m_sel)
     near = stats.near_best(m_sel)
     smooth = stats.smoothed_optimum(m_sel)
-    acc = stats.clipped(stats.mean_interval(m_test[best]), 0.0, 100.0)  # an accuracy's mean lies in [0, 100]
+    acc = stats.clipped(stats.mean_interval(m_test[best]), *stats.ACC_RANGE)  # an accuracy's mean lies in [0, 100]
     at_best = m_test[best]
     d_ce = _paired(at_best, ce)
     d_kd = _paired(at_best, kd_ref) if kd_ref is not None else None

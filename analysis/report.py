@@ -121,6 +121,9 @@ def write_report(study: Study, store: RunStore, band: str = "ci") -> list[Path]:
             warnings.warn(f"figure {stem}: {type(e).__name__}: {e}")
             problems.append(f"- figure `{stem}` could not be drawn: {type(e).__name__}: {e}")
             return
+        clash = figures.overlapping_texts(fig)  # a layout real data can still break: say so, don't hide it
+        if clash:
+            problems.append(f"- figure `{stem}`: overlapping text, e.g. {clash[0][0]!r} and {clash[0][1]!r}")
         paths.extend(style.save(fig, out, stem))
         sections.append((heading, f"figures/{stem}.png", caption))
 

@@ -73,6 +73,9 @@ def mean_interval(x: Sequence[float] | np.ndarray, level: float = LEVEL) -> Inte
     return Interval(m, m - half, m + half, n, "t")
 
 
+ACC_RANGE = (0.0, 100.0)  # where an accuracy (%) and its mean lie
+
+
 def clipped(iv: Interval, low: float, high: float) -> Interval:
     """``iv`` intersected with the range the mean must lie in (e.g. an accuracy's [0, 100]): a t
     interval from two seeds can reach past 100 %; cutting it there loses no coverage."""

@@ -663,6 +663,21 @@ def test_write_report_band_option_reaches_figures_and_captions(tmp_path):
     from tstudy.cli import _parser  # the CLI flag: tstudy figures --band std
     assert _parser().parse_args(["figures", "s.py", "--band", "std"]).band == "std"
     assert _parser().parse_args(["figures", "s.py"]).band == "ci"
+    (band,) = [a for a in _parser()._subparsers._group_actions[0].choices["figures"]._actions if a.dest == "band"]
+    assert tuple(band.choices) == figures.BANDS  # the CLI offers the bands the figures draw
+
+
+def test_a_figure_with_overlapping_text_is_listed_under_problems(tmp_path, monkeypatch):
+    store = RunStore(tmp_path, "q")
+    store.study_dir.mkdir(parents=True)
+    quickstart_table().to_parquet(store.study_dir / RESULTS)
+    study = Study(name="q", base=RunConfig(dataset="digits", model="mlp_s", epochs=2))
+    write_report(study, store)
+    assert "## Problems" not in (store.study_dir / "report.md").read_text()
+    monkeypatch.setattr(figures, "overlapping_texts", lambda fig: [("teacher 98.2", "Accuracy vs temperature")])
+    write_report(study, store)
+    report = (store.study_dir / "report.md").read_text()
+    assert "## Problems" in report and "- figure `acc_vs_temperature`: overlapping text" in report
 
 
 def test_paired_delta_figure_plots_stats_paired_deltas_with_a_zero_line():

@@ -28,6 +28,12 @@ AUGMENTS = ("none", "crop_flip", "rrc_flip")
 # always stream, and "rrc_flip" (random-resized-crop + flip) is their augmentation.
 STREAMED_DATASETS = ("imagenet",)
 LABELS = ("fine", "coarse")
+
+
+def is_streamed(dataset: str, augment: str | None) -> bool:
+    """Whether runs on this data train on the streamed path (``tstudy.stream_data``): the
+    augmentation decides (``rrc_flip``), and ``STREAMED_DATASETS`` always stream."""
+    return dataset in STREAMED_DATASETS or augment == "rrc_flip"
 # Fields that define the data a run trains on; a trained teacher must share them with its students.
 # ``val_fraction`` is one: the validation images are held out from everything that shapes a student,
 # its teacher included (a teacher trained on them would carry them into the student's soft targets).
@@ -251,6 +257,9 @@ class RunConfig:
         need(self.dataset not in STREAMED_DATASETS or self.augment in (None, "rrc_flip"),
              f"augment: {self.dataset} is streamed from JPEG files and trains with 'rrc_flip' (or None), "
              f"got {self.augment!r}")
+        streamed = is_streamed(self.dataset, self.augment)
+        need(not streamed or self.labels == "fine",
+             f"labels: the streamed data path has the folders' classes only ('fine'), got {self.labels!r}")
         need(self.image_size is None or 4 <= self.image_size <= MAX_IMAGE_SIZE,
              f"image_size: must be in 4..{MAX_IMAGE_SIZE} (the training set is held in memory), got {self.image_size}")
         params = dict(self.method_params)
@@ -293,9 +302,17 @@ class RunConfig:
             need(self.teacher is not None, f"teacher: method {self.method!r} needs a teacher, none given")
         else:
             need(self.teacher is None, f"teacher: method {self.method!r} takes no teacher, but one was given")
+        if needs_teacher and streamed:
+            need(not cls.needs_teacher_train_logits(params),
+                 f"method: {self.method!r} needs the teacher's logits on the whole training set, which the "
+                 "streamed data path does not compute")
         if isinstance(self.teacher, RunConfig):
             t = self.teacher
             need(t.teacher is None, "teacher: a teacher run must not have a teacher of its own")
+            need(is_streamed(t.dataset, t.augment) == streamed,
+                 f"teacher.augment: {t.augment!r} puts the teacher on the "
+                 f"{'streamed' if not streamed else 'in-memory'} data path and the student ({self.augment!r}) on "
+                 f"the {'streamed' if streamed else 'in-memory'} one: their images would be prepared differently")
             for name in DATA_FIELDS:
                 need(getattr(t, name) == getattr(self, name),
                      f"teacher.{name}: {getattr(t, name)!r} differs from the student's {getattr(self, name)!r}")

@@ -78,7 +78,7 @@ def check_data(runs: Sequence[RunConfig], data_root: str | None, env: "RunEnv | 
     splits: dict = {}
     built: set = set()
     for r in runs:
-        key = (r.dataset, r.labels, r.image_size)
+        key = (r.dataset, r.labels, r.image_size, streams(r))  # the two paths prepare the images differently
         if key not in splits:
             if env is not None:
                 splits[key] = env.data(r).splits
