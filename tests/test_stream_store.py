@@ -244,3 +244,29 @@ def test_workers_build_the_same_store(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(packed, "_after_item", lambda i: None)
     build_store(root, tmp_path / "s", max_side=50, progress=False, workers=2)
     _same_store(ref, tmp_path / "s")
+
+
+def test_val_wnids_outside_the_train_classes(tmp_path):
+    """A train class subset with the full flat val: a one-line StoreError naming the unknown wnids and
+    the ground-truth file (a bare KeyError before); through stores(), a DataError."""
+    from tstudy.data import DataError
+    from tstudy.data.imagenet import stores
+
+    root = tmp_path / "imagenet"
+    make_folder(root / "train", n=6)
+    for c in ("bee", "cat"):  # the subset: ant only
+        for f in (root / "train" / c).iterdir():
+            f.unlink()
+        (root / "train" / c).rmdir()
+    val = root / "val"
+    val.mkdir()
+    make_folder(tmp_path / "v", n=3)
+    for i, f in enumerate(sorted((tmp_path / "v").rglob("*.jpg"))):
+        f.rename(val / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
+    (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "".join(
+        f"ILSVRC2012_val_{i + 1:08d},{w} 1 2 3 4\n" for i, w in enumerate(["ant", "bee", "cat"])))
+    with pytest.raises(StoreError, match=r"LOC_val_solution.csv.*2 wnid\(s\) not among the train classes: \['bee', 'cat'\]"):
+        build_store(val, tmp_path / "s", layout="ilsvrc_val", classes=["ant"], progress=False)
+    with pytest.raises(DataError, match="not among the train classes") as e:
+        stores("imagenet", root)
+    assert "\n" not in str(e.value)

@@ -110,8 +110,8 @@ def _imagefolder(source: Path, classes: Sequence[str] | None) -> _Items:
     return _Items(names, labels, classes, lambda n: (source / n).read_bytes())
 
 
-def _ilsvrc_truth(source: Path, ground_truth: Path | None) -> dict[str, str]:
-    """file stem -> wnid."""
+def _ilsvrc_truth(source: Path, ground_truth: Path | None) -> tuple[dict[str, str], Path]:
+    """(file stem -> wnid, the ground-truth file read)."""
     candidates = [ground_truth] if ground_truth else [
         *(d / "LOC_val_solution.csv" for d in (source, source.parent)),
         *(d / "ILSVRC2012_validation_ground_truth.txt" for d in (source, source.parent,
@@ -126,10 +126,10 @@ def _ilsvrc_truth(source: Path, ground_truth: Path | None) -> dict[str, str]:
                 if line.strip():
                     img, pred = line.split(",", 1)
                     out[img.strip()] = pred.split()[0]
-            return out
+            return out, gt
         words = [line.split() for line in lines if line.strip()]
         if all(len(w) == 2 for w in words):
-            return {Path(a).stem: b for a, b in words}
+            return {Path(a).stem: b for a, b in words}, gt
         if all(len(w) == 1 for w in words):  # devkit: ILSVRC ids of val images 1..50000
             meta = gt.parent / "meta.mat"
             if not meta.is_file():
@@ -138,7 +138,7 @@ def _ilsvrc_truth(source: Path, ground_truth: Path | None) -> dict[str, str]:
 
             synsets = loadmat(str(meta), squeeze_me=True)["synsets"]
             wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
-            return {f"ILSVRC2012_val_{i + 1:08d}": wnid[int(w[0])] for i, w in enumerate(words)}
+            return {f"ILSVRC2012_val_{i + 1:08d}": wnid[int(w[0])] for i, w in enumerate(words)}, gt
         raise StoreError(f"{gt}: unrecognised ground-truth format")
     raise StoreError(f"{source}: no ground truth found (tried {', '.join(str(c) for c in candidates)})")
 
@@ -146,12 +146,17 @@ def _ilsvrc_truth(source: Path, ground_truth: Path | None) -> dict[str, str]:
 def _ilsvrc_val(source: Path, classes: Sequence[str] | None, ground_truth: Path | None) -> _Items:
     if classes is None:
         raise StoreError("layout ilsvrc_val needs classes= (the sorted wnids of the train split)")
-    truth = _ilsvrc_truth(source, ground_truth)
+    truth, gt = _ilsvrc_truth(source, ground_truth)
     files = sorted(f.name for f in source.iterdir() if f.is_file() and _is_image(f.name))
     missing = [f for f in files if Path(f).stem not in truth]
     if missing:
         raise StoreError(f"{source}: no ground truth for {missing[:3]}")
     index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({truth[Path(f).stem] for f in files} - set(index))
+    if unknown:
+        raise StoreError(f"{source}: {gt} labels images with {len(unknown)} wnid(s) not among the train "
+                         f"classes: {unknown[:5]}{' ...' if len(unknown) > 5 else ''} (a train class subset "
+                         "needs a val folder of the same classes)")
     labels = [index[truth[Path(f).stem]] for f in files]
     return _Items(files, labels, list(classes), lambda n: (source / n).read_bytes())
 
