@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tstudy.data import DATASETS, DataError, data_roots
-from tstudy.data.files import not_found
+from tstudy.data.files import list_classes, not_found
 
 STORE_DIR = "tstudy-store"
 SUBFOLDER = "imagenet"
@@ -98,17 +98,15 @@ def stores(dataset: str, root) -> tuple[Path, Path]:
 
 def class_names(dataset: str, root) -> list[str]:
     """The classes of ``dataset`` without building anything: from a finished store, else the
-    sorted class folders under ``train/`` (missing data: the one-line error of the locate step)."""
+    class folders under ``train/`` (:func:`~tstudy.data.files.list_classes`; missing data: the one-line
+    error of the locate step)."""
     import json
 
     folder, test = locate_imagenet(root) if dataset == "imagenet" else locate_imagefolder(root)
     meta = folder / STORE_DIR / "train" / "meta.json"
     if meta.is_file():
         return list(json.loads(meta.read_text())["classes"])
-    classes = sorted(e.name for e in os.scandir(folder / "train") if e.is_dir() and not e.name.startswith("."))
-    if not classes:
-        raise DataError(f"{dataset}: no class folders in {folder / 'train'}")
-    return classes
+    return list_classes(folder / "train", dataset)
 
 
 @DATASETS.register("imagenet")

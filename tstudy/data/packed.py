@@ -8,11 +8,13 @@ A store is a folder::
 
 Sources (``build_store(source, dest, layout=...)``):
 
-- ``"imagefolder"``: a class-per-folder tree (``source/<class>/**/<image>``, as torchvision's
-  ``ImageFolder``), or a ``.zip`` holding one: the class is the first folder under the members'
-  common prefix, after a ``train/`` folder if there is one (Tiny-ImageNet's train zips:
-  ``tiny-imagenet-200/train/<wnid>/images/*.JPEG``). Classes are sorted, images sorted by path;
-  ``classes=`` gives the class list explicitly (e.g. all 200 wnids for one train shard).
+- ``"imagefolder"``: a class-per-folder tree ``source/<class>/<image>``, listed as the in-memory
+  loader lists it (:func:`tstudy.data.files.list_classes` / ``list_images``: every non-hidden
+  folder is a class, images directly in it, by natural file name), or a ``.zip`` holding one
+  (``<class>/**/<image>``): the class is the first folder under the members' common prefix,
+  after a ``train/`` folder if there is one (Tiny-ImageNet's train zips:
+  ``tiny-imagenet-200/train/<wnid>/images/*.JPEG``), images sorted by path. ``classes=`` gives
+  the class list explicitly (e.g. all 200 wnids for one train shard).
 - ``"ilsvrc_val"``: the flat ILSVRC-2012 val folder; labels from ``ground_truth=`` (or found next
   to the images): a ``LOC_val_solution.csv`` (``ImageId,PredictionString`` whose first word is the
   wnid), a text file of ``<file name> <wnid>`` lines, or the devkit's
@@ -45,9 +47,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tstudy.atomic import atomic_write, write_json
+from tstudy.data import DataError
+from tstudy.data.files import is_image
 
 FORMAT = 1
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 QUALITY = 90
 LAYOUTS = ("imagefolder", "ilsvrc_val")
 
@@ -65,10 +68,6 @@ class _Items:
         self.names, self.labels, self.classes, self.read, self.close = names, labels, classes, read, close
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
-
-
 def _class_items(paths: list[tuple[str, str]], classes: Sequence[str] | None, what: str):
     """paths: (name, class); returns names, labels, classes (sorted names within classes order)."""
     found = sorted({c for _, c in paths})
@@ -84,7 +83,7 @@ def _class_items(paths: list[tuple[str, str]], classes: Sequence[str] | None, wh
 def _imagefolder(source: Path, classes: Sequence[str] | None) -> _Items:
     if source.is_file() and zipfile.is_zipfile(source):
         z = zipfile.ZipFile(source)
-        members = [m.filename for m in z.infolist() if not m.is_dir() and _is_image(m.filename)]
+        members = [m.filename for m in z.infolist() if not m.is_dir() and is_image(m.filename)]
         if not members:
             raise StoreError(f"{source}: no images in the zip")
         parts = [m.split("/") for m in members]
@@ -98,16 +97,15 @@ def _imagefolder(source: Path, classes: Sequence[str] | None) -> _Items:
         return _Items(names, labels, classes, z.read, z.close)
     if not source.is_dir():
         raise StoreError(f"{source}: neither a folder nor a zip file")
-    pairs = []
-    for cdir in sorted(p for p in source.iterdir() if p.is_dir()):
-        for dirpath, dirnames, files in os.walk(cdir, followlinks=True):
-            dirnames.sort()
-            rel = Path(dirpath).relative_to(source).as_posix()
-            pairs += [(f"{rel}/{f}", cdir.name) for f in sorted(files) if _is_image(f)]
-    if not pairs:
-        raise StoreError(f"{source}: no images in class folders")
-    names, labels, classes = _class_items(pairs, classes, str(source))
-    return _Items(names, labels, classes, lambda n: (source / n).read_bytes())
+    from tstudy.data.files import list_classes, list_images
+
+    try:
+        classes = list(classes) if classes is not None else list_classes(source, str(source))
+        found = list_images(source, {c: i for i, c in enumerate(classes)}, str(source))
+    except DataError as e:
+        raise StoreError(str(e)) from None
+    names = [p.relative_to(source).as_posix() for p, _ in found]
+    return _Items(names, [y for _, y in found], classes, lambda n: (source / n).read_bytes())
 
 
 def _ilsvrc_truth(source: Path, ground_truth: Path | None) -> tuple[dict[str, str], Path]:
@@ -147,7 +145,7 @@ def _ilsvrc_val(source: Path, classes: Sequence[str] | None, ground_truth: Path 
     if classes is None:
         raise StoreError("layout ilsvrc_val needs classes= (the sorted wnids of the train split)")
     truth, gt = _ilsvrc_truth(source, ground_truth)
-    files = sorted(f.name for f in source.iterdir() if f.is_file() and _is_image(f.name))
+    files = sorted(f.name for f in source.iterdir() if f.is_file() and is_image(f.name))
     missing = [f for f in files if Path(f).stem not in truth]
     if missing:
         raise StoreError(f"{source}: no ground truth for {missing[:3]}")
