@@ -270,3 +270,44 @@ def test_val_wnids_outside_the_train_classes(tmp_path):
     with pytest.raises(DataError, match="not among the train classes") as e:
         stores("imagenet", root)
     assert "\n" not in str(e.value)
+
+
+def test_store_refuses_a_changed_source(folder, tmp_path):
+    """A finished store whose source now lists other images (added, removed, resized) is refused with
+    a one-line StoreError saying to delete the store; a source whose images are gone, and a store
+    without the listing record (older versions), are used as they are."""
+    import json
+    import shutil
+
+    from tstudy.data import DataError
+    from tstudy.data.imagenet import stores
+
+    root, files = folder
+    dest = build_store(root, tmp_path / "store", progress=False)
+    meta = json.loads((dest / "meta.json").read_text())
+    assert meta["source_listing"]["count"] == len(files)
+    assert build_store(root, dest, progress=False) == dest  # unchanged: fine
+    extra = root / "ant" / "img_999.jpg"
+    shutil.copy(files[0], extra)
+    with pytest.raises(StoreError, match=r"changed since it was packed .*\(40 images then, 41 now\); delete"):
+        build_store(root, dest, progress=False)
+    extra.unlink()
+    files[1].write_bytes(files[1].read_bytes() + b"\0")
+    with pytest.raises(StoreError, match="40 images, other files or sizes"):
+        build_store(root, dest, progress=False)
+    meta.pop("source_listing")
+    (dest / "meta.json").write_text(json.dumps(meta))
+    assert build_store(root, dest, progress=False) == dest  # an old store: no record, used as is
+    # through stores(): a DataError of one line; the JPEG files deleted after packing: fine
+    ds = tmp_path / "ds"
+    shutil.copytree(root, ds / "train")
+    shutil.copytree(root, ds / "val")
+    train, val = stores("imagefolder", ds)
+    (ds / "val" / "cat" / "img_002.jpg").unlink()
+    with pytest.raises(DataError, match="val changed since it was packed") as e:
+        stores("imagefolder", ds)
+    assert "\n" not in str(e.value)
+    for split in ("train", "val"):
+        shutil.rmtree(ds / split)
+    (ds / "train" / "ant").mkdir(parents=True)  # empty folders left behind: still "gone"
+    assert stores("imagefolder", ds) == (train, val)

@@ -9,7 +9,8 @@
 
 The stores (one per split) are built once, on first use, under ``<dataset folder>/tstudy-store/``
 (resumable; a lock keeps two processes from building the same store). A folder holding only
-finished stores (the JPEG files deleted after packing) is enough.
+finished stores (the JPEG files deleted after packing) is enough; a store whose JPEG folder now
+holds other images than were packed is refused (delete ``tstudy-store/`` to rebuild).
 
 Registering ``imagenet`` in ``DATASETS`` makes the name known; loading it into memory is refused.
 """
@@ -74,7 +75,7 @@ def _is_flat(split: Path) -> bool:
 
 def stores(dataset: str, root) -> tuple[Path, Path]:
     """(train store, test store) of ``dataset``, packed now if not yet (progress on stderr)."""
-    from tstudy.data.packed import PackedStore, StoreError, build_store
+    from tstudy.data.packed import PackedStore, StoreError, build_store, check_source
 
     folder, test = locate_imagenet(root) if dataset == "imagenet" else locate_imagefolder(root)
     base = folder / STORE_DIR
@@ -89,6 +90,9 @@ def stores(dataset: str, root) -> tuple[Path, Path]:
                 flat = dataset == "imagenet" and _is_flat(folder / test)
                 build_store(folder / test, test_dest, layout="ilsvrc_val" if flat else "imagefolder",
                             classes=classes)
+        else:
+            check_source(train_dest, folder / "train")
+            check_source(test_dest, folder / test)
     except StoreError as e:
         raise DataError(f"{dataset}: {e}") from None
     except OSError as e:

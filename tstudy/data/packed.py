@@ -4,7 +4,8 @@ A store is a folder::
 
     data.bin     the JPEG files, one after another
     index.npz    offsets, nbytes (int64), heights, widths (int32), labels (int64), names (str)
-    meta.json    classes, count, source, layout, max_side, format version; written last
+    meta.json    classes, count, source, layout, max_side, format version, the source listing's
+                 count and hash of (name, bytes) (see :func:`check_source`); written last
 
 Sources (``build_store(source, dest, layout=...)``):
 
@@ -159,6 +160,54 @@ def _ilsvrc_val(source: Path, classes: Sequence[str] | None, ground_truth: Path 
     return _Items(files, labels, list(classes), lambda n: (source / n).read_bytes())
 
 
+# --------------------------------------------------------------------------- source listing
+def _listing(source: Path, layout: str) -> list[tuple[str, int]]:
+    """(name, bytes) of the images in ``source`` (a listing and a stat each, nothing read); [] when
+    there are none (the source gone, or its images deleted after packing)."""
+    from tstudy.data.files import list_images
+
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as z:
+            return [(m.filename, m.file_size) for m in z.infolist() if not m.is_dir() and is_image(m.filename)]
+    if not source.is_dir():
+        return []
+    if layout == "ilsvrc_val":
+        return sorted((e.name, e.stat().st_size) for e in os.scandir(source) if e.is_file() and is_image(e.name))
+    folders = {e.name: 0 for e in os.scandir(source) if e.is_dir() and not e.name.startswith(".")}
+    try:
+        found = list_images(source, folders)
+    except DataError:  # no images
+        return []
+    return [(p.relative_to(source).as_posix(), p.stat().st_size) for p, _ in found]
+
+
+def _listing_record(listing: list[tuple[str, int]]) -> dict:
+    h = hashlib.sha256()
+    for name, size in listing:
+        h.update(f"{name}\0{size}\n".encode())
+    return {"count": len(listing), "sha256": h.hexdigest()}
+
+
+def check_source(dest: Path, source: Path) -> None:
+    """Raise StoreError when the finished store ``dest`` was packed from other images than ``source``
+    now holds (added, removed or changed files). A source without images (deleted after packing)
+    and a store without the record (older versions) pass."""
+    dest, source = Path(dest), Path(source)
+    meta = json.loads((dest / "meta.json").read_text())
+    then = meta.get("source_listing")
+    if then is None:
+        return
+    listing = _listing(source, meta.get("layout", "imagefolder"))
+    if not listing:
+        return
+    now = _listing_record(listing)
+    if now != then:
+        how = (f"{then['count']} images then, {now['count']} now" if now["count"] != then["count"]
+               else f"{now['count']} images, other files or sizes")
+        raise StoreError(f"{source} changed since it was packed into {dest} ({how}); delete {dest.parent} "
+                         "to rebuild the store from it")
+
+
 # --------------------------------------------------------------------------- encoding
 def _prepare(data: bytes, max_side: int | None) -> tuple[bytes, int, int]:
     """(stored bytes, height, width): the file as is, or re-encoded as an RGB JPEG."""
@@ -251,9 +300,10 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
                 checkpoint_every: int = 1000, workers: int = 0) -> Path:
     """Pack the images of ``source`` into the store ``dest`` (see the module docstring); returns ``dest``.
 
-    A finished store (``meta.json`` present) is returned as it is, whatever the arguments (the
-    source is not read: it may be gone; a store packed with ``max_side`` stays so; its meta.json
-    says how it was built; delete the folder to rebuild); an unfinished one is resumed
+    A finished store (``meta.json`` present) is returned as it is, whatever the arguments (a store
+    packed with ``max_side`` stays so; its meta.json says how it was built; delete the folder to
+    rebuild), unless ``source`` now lists other images (:func:`check_source`: StoreError; a source
+    whose images are gone is fine); an unfinished one is resumed
     (from scratch if its checkpoint is of other parameters or other source images). ``workers``
     > 0 re-encodes in that many processes (the store is the same for any number).
     """
@@ -261,6 +311,7 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
     if layout == "zip":
         layout = "imagefolder"
     if (dest / "meta.json").is_file():
+        check_source(dest, source)
         return dest
     if layout not in LAYOUTS:
         raise StoreError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
@@ -269,6 +320,7 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
     items = (_imagefolder(source, classes) if layout == "imagefolder"
              else _ilsvrc_val(source, classes, None if ground_truth is None else Path(ground_truth)))
     try:
+        listing = _listing_record(_listing(source, layout))
         dest.mkdir(parents=True, exist_ok=True)
         params = _params(source, layout, max_side, items)
         partial, rows_path, ckpt = dest / "data.bin.partial", dest / "rows.partial", dest / "progress.json"
@@ -323,7 +375,7 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
                          labels=np.asarray(items.labels, np.int64), names=np.asarray(items.names, dtype=str))
 
         atomic_write(dest / "index.npz", write_index)
-        write_json(dest / "meta.json", {**params, "bytes": size})
+        write_json(dest / "meta.json", {**params, "bytes": size, "source_listing": listing})
         ckpt.unlink(missing_ok=True)
         rows_path.unlink(missing_ok=True)
     finally:
