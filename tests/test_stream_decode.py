@@ -356,3 +356,8 @@ def test_stale_slot_files_of_dead_processes_removed(store, tmp_path, monkeypatch
         assert mine[0].exists()
         it.close()
         assert not mine[0].exists()
+
+
+def test_workers_do_not_import_torch(store):
+    with DecoderPool(store, workers=1) as pool:
+        assert pool._pool.submit(eval, "'torch' in __import__('sys').modules").result() is False

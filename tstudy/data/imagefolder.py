@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tstudy.data import DATASETS, DataError, DataSplits, channel_stats, data_roots
 from tstudy.data.files import (cached, check_image_size, check_labels, decode_all, decoding, fingerprint,
@@ -71,6 +70,8 @@ def load_imagefolder(root=None, image_size: int | None = None, labels: str = "fi
 
     files = [(p.relative_to(folder).as_posix(), p) for p, _ in train + test]
     a = cached("imagefolder", [str(folder.resolve()), fingerprint(files), classes, image_size], build)
+    import torch
+
     train_x = torch.from_numpy(a["train_x"])
     mean, std = channel_stats(train_x)
     return DataSplits("imagefolder", train_x, torch.from_numpy(a["train_y"]), torch.from_numpy(a["test_x"]),
