@@ -311,3 +311,15 @@ def test_store_refuses_a_changed_source(folder, tmp_path):
         shutil.rmtree(ds / split)
     (ds / "train" / "ant").mkdir(parents=True)  # empty folders left behind: still "gone"
     assert stores("imagefolder", ds) == (train, val)
+
+
+def test_index_data_mismatch_is_a_store_error(folder, tmp_path, monkeypatch):
+    """The packed index is checked against the data with a StoreError (an assert vanished under -O)."""
+    import types
+
+    root, _ = folder
+    fake = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+    fake.fromfile = lambda *a, **k: np.fromfile(*a, **k)[:-4]  # one row (4 int64) short
+    monkeypatch.setattr(packed, "np", fake)
+    with pytest.raises(StoreError, match=r"index \(39 rows\) does not match the data \(40 images"):
+        build_store(root, tmp_path / "s", progress=False)

@@ -308,8 +308,6 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
     > 0 re-encodes in that many processes (the store is the same for any number).
     """
     source, dest = Path(source), Path(dest)
-    if layout == "zip":
-        layout = "imagefolder"
     if (dest / "meta.json").is_file():
         check_source(dest, source)
         return dest
@@ -365,7 +363,9 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
             sync()
         bar.update(n, force=True)
         rows = np.fromfile(rows_path, dtype=np.int64).reshape(-1, 4)
-        assert rows.shape[0] == n and (n == 0 or rows[-1, 0] + rows[-1, 1] == size)
+        if rows.shape[0] != n or (n and rows[-1, 0] + rows[-1, 1] != size):
+            raise StoreError(f"{dest}: the packed index ({rows.shape[0]} rows) does not match the data "
+                             f"({n} images, {size} bytes); delete {dest} to rebuild it")
         os.replace(partial, dest / "data.bin")
 
         def write_index(p: Path) -> None:
