@@ -204,9 +204,9 @@ class DecoderPool:
 
     ``workers=0`` decodes in this process; ``workers >= 1`` in that many worker processes, with up
     to ``prefetch`` batches in flight (in a shared slot file, see :func:`remove_stale_slot_files`).
-    Workers never inherit the parent's state: they start from a
-    forkserver (which imports this module once, so a worker starts in milliseconds) or, where
-    there is none or with ``start_method="spawn"``, spawned. Use as a context manager (or call
+    Workers never inherit the parent's state: they start from a forkserver (which imports this
+    module once, so a worker starts in milliseconds) or, where there is none or with
+    ``start_method="spawn"``, spawned. Use as a context manager (or call
     :meth:`close`); an exception or KeyboardInterrupt in the consumer shuts the workers down
     (they ignore SIGINT and leave it to the parent).
     """
