@@ -404,3 +404,28 @@ def test_tinyimagenet_full_val_zip(tiny, tmp_path, caplog):
     assert sorted(set(d.train_y.tolist())) == [d.class_names.index(w) for w in tiny["wnids"]]
     assert d.class_names == sorted(d.class_names)
     assert elapsed < 60
+
+
+def test_imagefolder_one_listing_for_both_paths(tmp_path):
+    """The in-memory loader, the packed store and preflight's class list agree on classes, images and
+    their order (val_fraction holds out the same images): an empty class folder is a class, a
+    dot-folder and images in sub-folders are skipped, a .gif is an image, numbers sort naturally."""
+    from tstudy.data.imagenet import class_names, stores
+    from tstudy.data.packed import PackedStore
+
+    root = tmp_path / "set"
+    colours = iter(range(10, 250, 7))
+    for split, cls, name in [("train", "apple", "img10.png"), ("train", "apple", "img2.png"),
+                             ("train", "apple", "anim.gif"), ("train", "zebra", "img0.png"),
+                             ("train", "zebra", "sub/deep.png"), ("train", ".hidden", "x.png"),
+                             ("val", "apple", "v.png"), ("val", "zebra", "v.gif")]:
+        (root / split / cls / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (next(colours), 0, 0)).save(root / split / cls / name)
+    (root / "train" / "empty").mkdir()
+    d = load_dataset("imagefolder", root, image_size=8)
+    assert d.class_names == ["apple", "empty", "zebra"] == class_names("imagefolder", root)
+    train, val = (PackedStore(p) for p in stores("imagefolder", root))
+    assert train.classes == d.class_names == val.classes
+    assert train.names.tolist() == ["apple/anim.gif", "apple/img2.png", "apple/img10.png", "zebra/img0.png"]
+    assert train.labels.tolist() == d.train_y.tolist() == [0, 0, 0, 2]
+    assert val.names.tolist() == ["apple/v.png", "zebra/v.gif"] and val.labels.tolist() == d.test_y.tolist()

@@ -322,3 +322,42 @@ def test_workers_ignore_the_preemption_signal(store):
             os.kill(pid, preempt_signal())
         _assert_same(_train(pool, plan), ref)
         assert all(p.is_alive() for p in pool._pool._processes.values())
+
+
+def test_stale_slot_files_of_dead_processes_removed(store, tmp_path, monkeypatch):
+    """A slot file left by a killed process (no finally ran) is removed when the next pool starts;
+    a live process's file, another host's and an old-style name are left alone."""
+    import os
+    import subprocess
+    import sys
+
+    from tstudy.data import decode as D
+
+    monkeypatch.setattr(D, "_buffer_dirs", lambda: (str(tmp_path),))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host, me = D._host_tag(), os.getpid()
+    stale = tmp_path / f"tstudy-decode-{host}-{dead.pid}-{D._start_time(dead.pid)}-abc.u8"
+    reused = tmp_path / f"tstudy-decode-{host}-{me}-1-abc.u8"  # this pid, another start time: a reused pid
+    live = tmp_path / f"{D._slot_prefix()}abc.u8"
+    other_host = tmp_path / f"tstudy-decode-00000000-{dead.pid}-0-abc.u8"
+    old = tmp_path / "tstudy-decode-abc123.u8"
+    for f in (stale, reused, live, other_host, old):
+        f.write_bytes(b"x")
+    with DecoderPool(store, workers=1) as pool:
+        assert not stale.exists() and not reused.exists()
+        assert live.exists() and other_host.exists() and old.exists()
+        # the pool's own slot file is named after this process and removed after use
+        it = pool.test_batches(8, 36, 32)
+        next(it)
+        mine = [f for f in tmp_path.glob(f"{D._slot_prefix()}*.u8") if f != live]
+        assert len(mine) == 1
+        D.remove_stale_slot_files()
+        assert mine[0].exists()
+        it.close()
+        assert not mine[0].exists()
+
+
+def test_workers_do_not_import_torch(store):
+    with DecoderPool(store, workers=1) as pool:
+        assert pool._pool.submit(eval, "'torch' in __import__('sys').modules").result() is False

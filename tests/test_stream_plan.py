@@ -157,3 +157,13 @@ def test_test_box_torchvision_semantics():
     assert (rh, rw, top, left) == (256, 341, 16, int(round((341 - 224) / 2)))
     with pytest.raises(ValueError):
         P.test_box(100, 100, 50, 64)
+
+
+def test_plan_and_decode_modules_import_no_torch():
+    """The planning, store and decoding modules (what a decoder worker imports) run without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tstudy.data.plan, tstudy.data.packed, tstudy.data.decode, tstudy.data; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

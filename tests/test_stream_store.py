@@ -244,3 +244,82 @@ def test_workers_build_the_same_store(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(packed, "_after_item", lambda i: None)
     build_store(root, tmp_path / "s", max_side=50, progress=False, workers=2)
     _same_store(ref, tmp_path / "s")
+
+
+def test_val_wnids_outside_the_train_classes(tmp_path):
+    """A train class subset with the full flat val: a one-line StoreError naming the unknown wnids and
+    the ground-truth file (a bare KeyError before); through stores(), a DataError."""
+    from tstudy.data import DataError
+    from tstudy.data.imagenet import stores
+
+    root = tmp_path / "imagenet"
+    make_folder(root / "train", n=6)
+    for c in ("bee", "cat"):  # the subset: ant only
+        for f in (root / "train" / c).iterdir():
+            f.unlink()
+        (root / "train" / c).rmdir()
+    val = root / "val"
+    val.mkdir()
+    make_folder(tmp_path / "v", n=3)
+    for i, f in enumerate(sorted((tmp_path / "v").rglob("*.jpg"))):
+        f.rename(val / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
+    (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "".join(
+        f"ILSVRC2012_val_{i + 1:08d},{w} 1 2 3 4\n" for i, w in enumerate(["ant", "bee", "cat"])))
+    with pytest.raises(StoreError, match=r"LOC_val_solution.csv.*2 wnid\(s\) not among the train classes: \['bee', 'cat'\]"):
+        build_store(val, tmp_path / "s", layout="ilsvrc_val", classes=["ant"], progress=False)
+    with pytest.raises(DataError, match="not among the train classes") as e:
+        stores("imagenet", root)
+    assert "\n" not in str(e.value)
+
+
+def test_store_refuses_a_changed_source(folder, tmp_path):
+    """A finished store whose source now lists other images (added, removed, resized) is refused with
+    a one-line StoreError saying to delete the store; a source whose images are gone, and a store
+    without the listing record (older versions), are used as they are."""
+    import json
+    import shutil
+
+    from tstudy.data import DataError
+    from tstudy.data.imagenet import stores
+
+    root, files = folder
+    dest = build_store(root, tmp_path / "store", progress=False)
+    meta = json.loads((dest / "meta.json").read_text())
+    assert meta["source_listing"]["count"] == len(files)
+    assert build_store(root, dest, progress=False) == dest  # unchanged: fine
+    extra = root / "ant" / "img_999.jpg"
+    shutil.copy(files[0], extra)
+    with pytest.raises(StoreError, match=r"changed since it was packed .*\(40 images then, 41 now\); delete"):
+        build_store(root, dest, progress=False)
+    extra.unlink()
+    files[1].write_bytes(files[1].read_bytes() + b"\0")
+    with pytest.raises(StoreError, match="40 images, other files or sizes"):
+        build_store(root, dest, progress=False)
+    meta.pop("source_listing")
+    (dest / "meta.json").write_text(json.dumps(meta))
+    assert build_store(root, dest, progress=False) == dest  # an old store: no record, used as is
+    # through stores(): a DataError of one line; the JPEG files deleted after packing: fine
+    ds = tmp_path / "ds"
+    shutil.copytree(root, ds / "train")
+    shutil.copytree(root, ds / "val")
+    train, val = stores("imagefolder", ds)
+    (ds / "val" / "cat" / "img_002.jpg").unlink()
+    with pytest.raises(DataError, match="val changed since it was packed") as e:
+        stores("imagefolder", ds)
+    assert "\n" not in str(e.value)
+    for split in ("train", "val"):
+        shutil.rmtree(ds / split)
+    (ds / "train" / "ant").mkdir(parents=True)  # empty folders left behind: still "gone"
+    assert stores("imagefolder", ds) == (train, val)
+
+
+def test_index_data_mismatch_is_a_store_error(folder, tmp_path, monkeypatch):
+    """The packed index is checked against the data with a StoreError (an assert vanished under -O)."""
+    import types
+
+    root, _ = folder
+    fake = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+    fake.fromfile = lambda *a, **k: np.fromfile(*a, **k)[:-4]  # one row (4 int64) short
+    monkeypatch.setattr(packed, "np", fake)
+    with pytest.raises(StoreError, match=r"index \(39 rows\) does not match the data \(40 images"):
+        build_store(root, tmp_path / "s", progress=False)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tstudy.data import DataSplits
-from tstudy.data.plan import epoch_seed  # noqa: F401  (one formula for both data paths)
+from tstudy.data.plan import epoch_seed  # one formula for both data paths
 
 PAD = 4  # random-crop padding of the standard CIFAR recipe
 
@@ -56,11 +56,6 @@ class DeviceData:
         """Yield the (images, labels) batches of one epoch from ``start_step`` on: shuffled, augmented,
         normalised (the whole epoch's order and augmentation are drawn first, so a resumed epoch
         continues with the same batches)."""
-        if augment == "rrc_flip":
-            from tstudy.errors import ConfigError
-
-            raise ConfigError("augment: 'rrc_flip' trains on the streamed data path (tstudy.stream_data), "
-                              "not on data held on the device")
         g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         n = self.train_x.shape[0]
         perm = torch.randperm(n, generator=g)

@@ -210,8 +210,6 @@ def open_stream(cfg: RunConfig, data_root: str | None, device: torch.device, wor
     """The streamed data of ``cfg`` (its stores packed first if needed), decoded by ``decoder``."""
     from tstudy.data.imagenet import stores
 
-    if cfg.dataset not in STREAMED_DATASETS + ("imagefolder",):
-        raise ConfigError(f"augment: 'rrc_flip' needs a dataset read from JPEG files, not {cfg.dataset!r}")
     train, test = stores(cfg.dataset, data_root)
     if decoder == "dali" and device.type != "cuda":
         print(f"tstudy: --decoder dali: training on {device}, not CUDA: DALI decodes on the CPU", file=sys.stderr)

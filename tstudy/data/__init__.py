@@ -3,6 +3,9 @@
 Every loader returns a :class:`DataSplits`: images ``uint8 [N, C, H, W]``, labels ``int64 [N]``,
 per-channel mean/std (on the 0..1 scale) and the default augmentation. The engine moves the
 whole set to the training device once and augments there (DESIGN.md "Data").
+
+torch is imported only where a loader needs it, so the streamed path's planning and decoding
+modules (and their worker processes) run without it.
 """
 from __future__ import annotations
 
@@ -10,13 +13,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from tstudy.errors import ConfigError
 from tstudy.registry import Registry
 
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -83,6 +86,8 @@ def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     """Resize uint8 NCHW images to size x size (antialiased bilinear), back to uint8."""
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
+    import torch
+
     out = []
     for chunk in x.split(4096):
         y = torch.nn.functional.interpolate(chunk.float(), size=(size, size), mode="bilinear",
@@ -97,6 +102,8 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     For uint8, exact from per-channel histograms, in chunks: fast and small in memory even for
     Tiny-ImageNet (a float64 copy of it would need ~7 GB).
     """
+    import torch
+
     if x.dtype != torch.uint8:
         xf = x.to(torch.float64) / 255.0
         return tuple(float(m) for m in xf.mean(dim=(0, 2, 3))), tuple(float(s) for s in xf.std(dim=(0, 2, 3)))

@@ -11,11 +11,15 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from tstudy.data import DATASETS, DataError, DataSplits, channel_stats, data_roots, resize_uint8
 from tstudy.data.files import check_image_size, check_label_range, check_labels, not_found
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ def read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple[
         ys.append(np.asarray(_field(d, label_key, folder / name), dtype=np.int64))
         if len(xs[-1]) != len(ys[-1]):
             raise DataError(f"{folder / name}: {len(xs[-1])} images but {len(ys[-1])} labels")
+    import torch
+
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 

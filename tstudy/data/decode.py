@@ -15,11 +15,13 @@ This module imports torch lazily (only to hand out tensors), so worker processes
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import multiprocessing as mp
 import os
 import signal
+import socket
 import tempfile
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -114,9 +116,13 @@ def _worker_test(out, idx, resize, crop) -> None:
     _test_chunk(_STORE, idx, resize, crop, out=_worker_out(*out, (len(idx), 3, crop, crop)))
 
 
+def _buffer_dirs() -> tuple[str, ...]:
+    return ("/dev/shm", tempfile.gettempdir())
+
+
 def _buffer_dir(nbytes: int) -> str:
     """/dev/shm when it has room (it is small in containers), else the temporary folder."""
-    for d in ("/dev/shm", tempfile.gettempdir()):
+    for d in _buffer_dirs():
         try:
             st = os.statvfs(d)
             if os.access(d, os.W_OK) and st.f_bavail * st.f_frsize > 2 * nbytes + (64 << 20):
@@ -126,14 +132,81 @@ def _buffer_dir(nbytes: int) -> str:
     return tempfile.gettempdir()
 
 
+# The slot files are named tstudy-decode-<host>-<pid>-<start time>-<random>.u8 after the process
+# that made them: a process killed without running its finally (SIGKILL, OOM) leaves its file in
+# RAM-backed /dev/shm, and the next pool started on the host removes it.
+_SLOT_PREFIX = "tstudy-decode-"
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time (clock ticks after boot, /proc/<pid>/stat), or "0" where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return "0"
+
+
+def _slot_prefix() -> str:
+    pid = os.getpid()
+    return f"{_SLOT_PREFIX}{_host_tag()}-{pid}-{_start_time(pid)}-"
+
+
+def _alive(pid: int, start: str) -> bool:
+    """Whether process ``pid`` started at ``start`` still runs (a reused pid has another start time)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    except (OSError, OverflowError):
+        return False
+    now = _start_time(pid)
+    return start == "0" or now == "0" or now == start
+
+
+def remove_stale_slot_files() -> list[str]:
+    """Remove the slot files of dead processes on this host; returns their paths.
+
+    Files without the owner in their name (older versions) and other hosts' files (a shared
+    temporary folder) are left alone.
+    """
+    removed, host = [], _host_tag()
+    for d in _buffer_dirs():
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            if not (e.name.startswith(_SLOT_PREFIX) and e.name.endswith(".u8")):
+                continue
+            parts = e.name[len(_SLOT_PREFIX):-len(".u8")].split("-")
+            if len(parts) != 4 or parts[0] != host or not parts[1].isdigit():
+                continue
+            if not _alive(int(parts[1]), parts[2]):
+                try:
+                    os.unlink(e.path)
+                    removed.append(e.path)
+                except OSError:  # another user's, or removed meanwhile
+                    pass
+    return removed
+
+
 # --------------------------------------------------------------------------- pool
 class DecoderPool:
     """Decodes plans into batches: uint8 ``[B, 3, S, S]`` (pinned when CUDA is available) + int64 labels.
 
     ``workers=0`` decodes in this process; ``workers >= 1`` in that many worker processes, with up
-    to ``prefetch`` batches in flight. Workers never inherit the parent's state: they start from a
-    forkserver (which imports this module once, so a worker starts in milliseconds) or, where
-    there is none or with ``start_method="spawn"``, spawned. Use as a context manager (or call
+    to ``prefetch`` batches in flight (in a shared slot file, see :func:`remove_stale_slot_files`).
+    Workers never inherit the parent's state: they start from a forkserver (which imports this
+    module once, so a worker starts in milliseconds) or, where there is none or with
+    ``start_method="spawn"``, spawned. Use as a context manager (or call
     :meth:`close`); an exception or KeyboardInterrupt in the consumer shuts the workers down
     (they ignore SIGINT and leave it to the parent).
     """
@@ -152,6 +225,7 @@ class DecoderPool:
         self.pin_memory = pin_memory
         self._pool: ProcessPoolExecutor | None = None
         if workers:
+            remove_stale_slot_files()
             if start_method is None:
                 start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
             ctx = mp.get_context(start_method)
@@ -218,7 +292,7 @@ class DecoderPool:
         img_bytes = 3 * size * size
         slot_bytes = rows * img_bytes
         nbytes = max(1, self.prefetch * slot_bytes)
-        fd, path = tempfile.mkstemp(prefix="tstudy-decode-", suffix=".u8", dir=_buffer_dir(nbytes))
+        fd, path = tempfile.mkstemp(prefix=_slot_prefix(), suffix=".u8", dir=_buffer_dir(nbytes))
         pending: deque[tuple[np.ndarray, int, list[Future]]] = deque()
         try:
             os.ftruncate(fd, nbytes)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from tstudy.data import DATASETS, DataError, DataSplits, channel_stats, resize_uint8
 
@@ -15,6 +14,7 @@ def load_digits(root=None, image_size: int | None = None, labels: str = "fine", 
     """A fixed stratified 75/25 split (1,347 train / 450 test); pixels 0..16 scaled to 0..255."""
     if labels != "fine":
         raise DataError(f"labels: digits has only 'fine' labels, got {labels!r}")
+    import torch
     from sklearn.datasets import load_digits as sk_load
     from sklearn.model_selection import train_test_split
 

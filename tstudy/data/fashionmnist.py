@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tstudy.data import DATASETS, DataError, DataSplits, channel_stats, data_roots, resize_uint8
 from tstudy.data.files import check_image_size, check_label_range, check_labels, not_found
@@ -99,6 +98,8 @@ def load_fashionmnist(root=None, image_size: int | None = None, labels: str = "f
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"fashionmnist: {split} images {x.shape} and labels {y.shape} do not match")
         check_label_range("fashionmnist", y, len(CLASS_NAMES))
+    import torch
+
     train_x = torch.from_numpy(arrays["train_x"].copy())[:, None]
     test_x = torch.from_numpy(arrays["test_x"].copy())[:, None]
     if image_size is not None:

@@ -18,12 +18,14 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
-import torch
 
 from tstudy.data import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("tstudy.data")
 
@@ -66,6 +68,32 @@ def natural_key(name: str) -> list:
 
 def is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def list_classes(train_dir: Path, what: str = "imagefolder") -> list[str]:
+    """The classes of a class-per-folder split: its non-hidden subfolders, sorted (an empty one too).
+
+    The one rule of the in-memory loader, the packed stores and preflight."""
+    classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"{what}: no class folders in {train_dir}")
+    return classes
+
+
+def list_images(split_dir: Path, label: dict[str, int], what: str = "imagefolder") -> list[tuple[Path, int]]:
+    """(file, label) for every image directly in ``split_dir/<class>/`` (hidden folders and
+    subfolders skipped), by class name then natural file name."""
+    items = []
+    for e in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if not e.is_dir() or e.name.startswith("."):
+            continue
+        if e.name not in label:
+            raise DataError(f"{what}: class folder {e.path} is not among the train classes")
+        files = sorted((f.name for f in os.scandir(e.path) if f.is_file() and is_image(f.name)), key=natural_key)
+        items += [(Path(e.path) / f, label[e.name]) for f in files]
+    if not items:
+        raise DataError(f"{what}: no images in {split_dir}/<class>/")
+    return items
 
 
 def worker_count() -> int:

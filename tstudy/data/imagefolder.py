@@ -3,7 +3,8 @@
 ``image_size`` x ``image_size``, which is required.
 
 ``root`` is the dataset folder itself, or any of ``data_roots(root)`` may hold it as ``imagefolder/``.
-Classes are the sorted folder names under ``train/``. Decoded arrays are cached (see
+Classes are the sorted folder names under ``train/`` (:func:`tstudy.data.files.list_classes`, the
+one rule of both data paths). Decoded arrays are cached (see
 :mod:`tstudy.data.files`).
 
 With ``augment="rrc_flip"`` the set is not loaded here: it is streamed from a packed store of its
@@ -12,15 +13,13 @@ JPEG files (random-resized-crop at any ``image_size``; :mod:`tstudy.stream_data`
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tstudy.data import DATASETS, DataError, DataSplits, channel_stats, data_roots
 from tstudy.data.files import (cached, check_image_size, check_labels, decode_all, decoding, fingerprint,
-                               is_image, natural_key, not_found)
+                               list_classes, list_images, not_found)
 
 SUBFOLDER = "imagefolder"
 TEST_DIRS = ("val", "test")
@@ -43,28 +42,6 @@ def locate(root) -> tuple[Path, Path]:
                     return cand, cand / t
     raise not_found("imagefolder", tried, "pass root= the folder holding train/<class>/* and val/<class>/* "
                     "(or test/<class>/*), or put it as imagefolder/ in a data root")
-
-
-def list_classes(train_dir: Path) -> list[str]:
-    classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
-        raise DataError(f"imagefolder: no class folders in {train_dir}")
-    return classes
-
-
-def list_images(split_dir: Path, label: dict[str, int]) -> list[tuple[Path, int]]:
-    """(file, label) for every image in ``split_dir/<class>/``, by class then natural file name."""
-    items = []
-    for e in sorted(os.scandir(split_dir), key=lambda e: e.name):
-        if not e.is_dir() or e.name.startswith("."):
-            continue
-        if e.name not in label:
-            raise DataError(f"imagefolder: class folder {e.path} is not among the train classes")
-        files = sorted((f.name for f in os.scandir(e.path) if f.is_file() and is_image(f.name)), key=natural_key)
-        items += [(Path(e.path) / f, label[e.name]) for f in files]
-    if not items:
-        raise DataError(f"imagefolder: no images in {split_dir}/<class>/")
-    return items
 
 
 def decode_split(items: list[tuple[Path, int]], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +70,8 @@ def load_imagefolder(root=None, image_size: int | None = None, labels: str = "fi
 
     files = [(p.relative_to(folder).as_posix(), p) for p, _ in train + test]
     a = cached("imagefolder", [str(folder.resolve()), fingerprint(files), classes, image_size], build)
+    import torch
+
     train_x = torch.from_numpy(a["train_x"])
     mean, std = channel_stats(train_x)
     return DataSplits("imagefolder", train_x, torch.from_numpy(a["train_y"]), torch.from_numpy(a["test_x"]),

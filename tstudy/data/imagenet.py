@@ -9,7 +9,8 @@
 
 The stores (one per split) are built once, on first use, under ``<dataset folder>/tstudy-store/``
 (resumable; a lock keeps two processes from building the same store). A folder holding only
-finished stores (the JPEG files deleted after packing) is enough.
+finished stores (the JPEG files deleted after packing) is enough; a store whose JPEG folder now
+holds other images than were packed is refused (delete ``tstudy-store/`` to rebuild).
 
 Registering ``imagenet`` in ``DATASETS`` makes the name known; loading it into memory is refused.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tstudy.data import DATASETS, DataError, data_roots
-from tstudy.data.files import not_found
+from tstudy.data.files import list_classes, not_found
 
 STORE_DIR = "tstudy-store"
 SUBFOLDER = "imagenet"
@@ -74,7 +75,7 @@ def _is_flat(split: Path) -> bool:
 
 def stores(dataset: str, root) -> tuple[Path, Path]:
     """(train store, test store) of ``dataset``, packed now if not yet (progress on stderr)."""
-    from tstudy.data.packed import PackedStore, StoreError, build_store
+    from tstudy.data.packed import PackedStore, StoreError, build_store, check_source
 
     folder, test = locate_imagenet(root) if dataset == "imagenet" else locate_imagefolder(root)
     base = folder / STORE_DIR
@@ -89,6 +90,9 @@ def stores(dataset: str, root) -> tuple[Path, Path]:
                 flat = dataset == "imagenet" and _is_flat(folder / test)
                 build_store(folder / test, test_dest, layout="ilsvrc_val" if flat else "imagefolder",
                             classes=classes)
+        else:
+            check_source(train_dest, folder / "train")
+            check_source(test_dest, folder / test)
     except StoreError as e:
         raise DataError(f"{dataset}: {e}") from None
     except OSError as e:
@@ -98,17 +102,15 @@ def stores(dataset: str, root) -> tuple[Path, Path]:
 
 def class_names(dataset: str, root) -> list[str]:
     """The classes of ``dataset`` without building anything: from a finished store, else the
-    sorted class folders under ``train/`` (missing data: the one-line error of the locate step)."""
+    class folders under ``train/`` (:func:`~tstudy.data.files.list_classes`; missing data: the one-line
+    error of the locate step)."""
     import json
 
     folder, test = locate_imagenet(root) if dataset == "imagenet" else locate_imagefolder(root)
     meta = folder / STORE_DIR / "train" / "meta.json"
     if meta.is_file():
         return list(json.loads(meta.read_text())["classes"])
-    classes = sorted(e.name for e in os.scandir(folder / "train") if e.is_dir() and not e.name.startswith("."))
-    if not classes:
-        raise DataError(f"{dataset}: no class folders in {folder / 'train'}")
-    return classes
+    return list_classes(folder / "train", dataset)
 
 
 @DATASETS.register("imagenet")

@@ -4,15 +4,18 @@ A store is a folder::
 
     data.bin     the JPEG files, one after another
     index.npz    offsets, nbytes (int64), heights, widths (int32), labels (int64), names (str)
-    meta.json    classes, count, source, layout, max_side, format version; written last
+    meta.json    classes, count, source, layout, max_side, format version, the source listing's
+                 count and hash of (name, bytes) (see :func:`check_source`); written last
 
 Sources (``build_store(source, dest, layout=...)``):
 
-- ``"imagefolder"``: a class-per-folder tree (``source/<class>/**/<image>``, as torchvision's
-  ``ImageFolder``), or a ``.zip`` holding one: the class is the first folder under the members'
-  common prefix, after a ``train/`` folder if there is one (Tiny-ImageNet's train zips:
-  ``tiny-imagenet-200/train/<wnid>/images/*.JPEG``). Classes are sorted, images sorted by path;
-  ``classes=`` gives the class list explicitly (e.g. all 200 wnids for one train shard).
+- ``"imagefolder"``: a class-per-folder tree ``source/<class>/<image>``, listed as the in-memory
+  loader lists it (:func:`tstudy.data.files.list_classes` / ``list_images``: every non-hidden
+  folder is a class, images directly in it, by natural file name), or a ``.zip`` holding one
+  (``<class>/**/<image>``): the class is the first folder under the members' common prefix,
+  after a ``train/`` folder if there is one (Tiny-ImageNet's train zips:
+  ``tiny-imagenet-200/train/<wnid>/images/*.JPEG``), images sorted by path. ``classes=`` gives
+  the class list explicitly (e.g. all 200 wnids for one train shard).
 - ``"ilsvrc_val"``: the flat ILSVRC-2012 val folder; labels from ``ground_truth=`` (or found next
   to the images): a ``LOC_val_solution.csv`` (``ImageId,PredictionString`` whose first word is the
   wnid), a text file of ``<file name> <wnid>`` lines, or the devkit's
@@ -45,9 +48,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tstudy.atomic import atomic_write, write_json
+from tstudy.data import DataError
+from tstudy.data.files import is_image
 
 FORMAT = 1
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 QUALITY = 90
 LAYOUTS = ("imagefolder", "ilsvrc_val")
 
@@ -65,10 +69,6 @@ class _Items:
         self.names, self.labels, self.classes, self.read, self.close = names, labels, classes, read, close
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
-
-
 def _class_items(paths: list[tuple[str, str]], classes: Sequence[str] | None, what: str):
     """paths: (name, class); returns names, labels, classes (sorted names within classes order)."""
     found = sorted({c for _, c in paths})
@@ -84,7 +84,7 @@ def _class_items(paths: list[tuple[str, str]], classes: Sequence[str] | None, wh
 def _imagefolder(source: Path, classes: Sequence[str] | None) -> _Items:
     if source.is_file() and zipfile.is_zipfile(source):
         z = zipfile.ZipFile(source)
-        members = [m.filename for m in z.infolist() if not m.is_dir() and _is_image(m.filename)]
+        members = [m.filename for m in z.infolist() if not m.is_dir() and is_image(m.filename)]
         if not members:
             raise StoreError(f"{source}: no images in the zip")
         parts = [m.split("/") for m in members]
@@ -98,20 +98,19 @@ def _imagefolder(source: Path, classes: Sequence[str] | None) -> _Items:
         return _Items(names, labels, classes, z.read, z.close)
     if not source.is_dir():
         raise StoreError(f"{source}: neither a folder nor a zip file")
-    pairs = []
-    for cdir in sorted(p for p in source.iterdir() if p.is_dir()):
-        for dirpath, dirnames, files in os.walk(cdir, followlinks=True):
-            dirnames.sort()
-            rel = Path(dirpath).relative_to(source).as_posix()
-            pairs += [(f"{rel}/{f}", cdir.name) for f in sorted(files) if _is_image(f)]
-    if not pairs:
-        raise StoreError(f"{source}: no images in class folders")
-    names, labels, classes = _class_items(pairs, classes, str(source))
-    return _Items(names, labels, classes, lambda n: (source / n).read_bytes())
+    from tstudy.data.files import list_classes, list_images
+
+    try:
+        classes = list(classes) if classes is not None else list_classes(source, str(source))
+        found = list_images(source, {c: i for i, c in enumerate(classes)}, str(source))
+    except DataError as e:
+        raise StoreError(str(e)) from None
+    names = [p.relative_to(source).as_posix() for p, _ in found]
+    return _Items(names, [y for _, y in found], classes, lambda n: (source / n).read_bytes())
 
 
-def _ilsvrc_truth(source: Path, ground_truth: Path | None) -> dict[str, str]:
-    """file stem -> wnid."""
+def _ilsvrc_truth(source: Path, ground_truth: Path | None) -> tuple[dict[str, str], Path]:
+    """(file stem -> wnid, the ground-truth file read)."""
     candidates = [ground_truth] if ground_truth else [
         *(d / "LOC_val_solution.csv" for d in (source, source.parent)),
         *(d / "ILSVRC2012_validation_ground_truth.txt" for d in (source, source.parent,
@@ -126,10 +125,10 @@ def _ilsvrc_truth(source: Path, ground_truth: Path | None) -> dict[str, str]:
                 if line.strip():
                     img, pred = line.split(",", 1)
                     out[img.strip()] = pred.split()[0]
-            return out
+            return out, gt
         words = [line.split() for line in lines if line.strip()]
         if all(len(w) == 2 for w in words):
-            return {Path(a).stem: b for a, b in words}
+            return {Path(a).stem: b for a, b in words}, gt
         if all(len(w) == 1 for w in words):  # devkit: ILSVRC ids of val images 1..50000
             meta = gt.parent / "meta.mat"
             if not meta.is_file():
@@ -138,7 +137,7 @@ def _ilsvrc_truth(source: Path, ground_truth: Path | None) -> dict[str, str]:
 
             synsets = loadmat(str(meta), squeeze_me=True)["synsets"]
             wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
-            return {f"ILSVRC2012_val_{i + 1:08d}": wnid[int(w[0])] for i, w in enumerate(words)}
+            return {f"ILSVRC2012_val_{i + 1:08d}": wnid[int(w[0])] for i, w in enumerate(words)}, gt
         raise StoreError(f"{gt}: unrecognised ground-truth format")
     raise StoreError(f"{source}: no ground truth found (tried {', '.join(str(c) for c in candidates)})")
 
@@ -146,14 +145,67 @@ def _ilsvrc_truth(source: Path, ground_truth: Path | None) -> dict[str, str]:
 def _ilsvrc_val(source: Path, classes: Sequence[str] | None, ground_truth: Path | None) -> _Items:
     if classes is None:
         raise StoreError("layout ilsvrc_val needs classes= (the sorted wnids of the train split)")
-    truth = _ilsvrc_truth(source, ground_truth)
-    files = sorted(f.name for f in source.iterdir() if f.is_file() and _is_image(f.name))
+    truth, gt = _ilsvrc_truth(source, ground_truth)
+    files = sorted(f.name for f in source.iterdir() if f.is_file() and is_image(f.name))
     missing = [f for f in files if Path(f).stem not in truth]
     if missing:
         raise StoreError(f"{source}: no ground truth for {missing[:3]}")
     index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({truth[Path(f).stem] for f in files} - set(index))
+    if unknown:
+        raise StoreError(f"{source}: {gt} labels images with {len(unknown)} wnid(s) not among the train "
+                         f"classes: {unknown[:5]}{' ...' if len(unknown) > 5 else ''} (a train class subset "
+                         "needs a val folder of the same classes)")
     labels = [index[truth[Path(f).stem]] for f in files]
     return _Items(files, labels, list(classes), lambda n: (source / n).read_bytes())
+
+
+# --------------------------------------------------------------------------- source listing
+def _listing(source: Path, layout: str) -> list[tuple[str, int]]:
+    """(name, bytes) of the images in ``source`` (a listing and a stat each, nothing read); [] when
+    there are none (the source gone, or its images deleted after packing)."""
+    from tstudy.data.files import list_images
+
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as z:
+            return [(m.filename, m.file_size) for m in z.infolist() if not m.is_dir() and is_image(m.filename)]
+    if not source.is_dir():
+        return []
+    if layout == "ilsvrc_val":
+        return sorted((e.name, e.stat().st_size) for e in os.scandir(source) if e.is_file() and is_image(e.name))
+    folders = {e.name: 0 for e in os.scandir(source) if e.is_dir() and not e.name.startswith(".")}
+    try:
+        found = list_images(source, folders)
+    except DataError:  # no images
+        return []
+    return [(p.relative_to(source).as_posix(), p.stat().st_size) for p, _ in found]
+
+
+def _listing_record(listing: list[tuple[str, int]]) -> dict:
+    h = hashlib.sha256()
+    for name, size in listing:
+        h.update(f"{name}\0{size}\n".encode())
+    return {"count": len(listing), "sha256": h.hexdigest()}
+
+
+def check_source(dest: Path, source: Path) -> None:
+    """Raise StoreError when the finished store ``dest`` was packed from other images than ``source``
+    now holds (added, removed or changed files). A source without images (deleted after packing)
+    and a store without the record (older versions) pass."""
+    dest, source = Path(dest), Path(source)
+    meta = json.loads((dest / "meta.json").read_text())
+    then = meta.get("source_listing")
+    if then is None:
+        return
+    listing = _listing(source, meta.get("layout", "imagefolder"))
+    if not listing:
+        return
+    now = _listing_record(listing)
+    if now != then:
+        how = (f"{then['count']} images then, {now['count']} now" if now["count"] != then["count"]
+               else f"{now['count']} images, other files or sizes")
+        raise StoreError(f"{source} changed since it was packed into {dest} ({how}); delete {dest.parent} "
+                         "to rebuild the store from it")
 
 
 # --------------------------------------------------------------------------- encoding
@@ -248,16 +300,16 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
                 checkpoint_every: int = 1000, workers: int = 0) -> Path:
     """Pack the images of ``source`` into the store ``dest`` (see the module docstring); returns ``dest``.
 
-    A finished store (``meta.json`` present) is returned as it is, whatever the arguments (the
-    source is not read: it may be gone; a store packed with ``max_side`` stays so; its meta.json
-    says how it was built; delete the folder to rebuild); an unfinished one is resumed
+    A finished store (``meta.json`` present) is returned as it is, whatever the arguments (a store
+    packed with ``max_side`` stays so; its meta.json says how it was built; delete the folder to
+    rebuild), unless ``source`` now lists other images (:func:`check_source`: StoreError; a source
+    whose images are gone is fine); an unfinished one is resumed
     (from scratch if its checkpoint is of other parameters or other source images). ``workers``
     > 0 re-encodes in that many processes (the store is the same for any number).
     """
     source, dest = Path(source), Path(dest)
-    if layout == "zip":
-        layout = "imagefolder"
     if (dest / "meta.json").is_file():
+        check_source(dest, source)
         return dest
     if layout not in LAYOUTS:
         raise StoreError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
@@ -266,6 +318,7 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
     items = (_imagefolder(source, classes) if layout == "imagefolder"
              else _ilsvrc_val(source, classes, None if ground_truth is None else Path(ground_truth)))
     try:
+        listing = _listing_record(_listing(source, layout))
         dest.mkdir(parents=True, exist_ok=True)
         params = _params(source, layout, max_side, items)
         partial, rows_path, ckpt = dest / "data.bin.partial", dest / "rows.partial", dest / "progress.json"
@@ -310,7 +363,9 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
             sync()
         bar.update(n, force=True)
         rows = np.fromfile(rows_path, dtype=np.int64).reshape(-1, 4)
-        assert rows.shape[0] == n and (n == 0 or rows[-1, 0] + rows[-1, 1] == size)
+        if rows.shape[0] != n or (n and rows[-1, 0] + rows[-1, 1] != size):
+            raise StoreError(f"{dest}: the packed index ({rows.shape[0]} rows) does not match the data "
+                             f"({n} images, {size} bytes); delete {dest} to rebuild it")
         os.replace(partial, dest / "data.bin")
 
         def write_index(p: Path) -> None:
@@ -320,7 +375,7 @@ def build_store(source: Path, dest: Path, *, layout: str = "imagefolder", max_si
                          labels=np.asarray(items.labels, np.int64), names=np.asarray(items.names, dtype=str))
 
         atomic_write(dest / "index.npz", write_index)
-        write_json(dest / "meta.json", {**params, "bytes": size})
+        write_json(dest / "meta.json", {**params, "bytes": size, "source_listing": listing})
         ckpt.unlink(missing_ok=True)
         rows_path.unlink(missing_ok=True)
     finally:

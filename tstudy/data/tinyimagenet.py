@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tstudy.data import DATASETS, DataError, DataSplits, channel_stats, data_roots, resize_uint8
 from tstudy.data.files import (cached, check_image_size, check_labels, decode_all, decoding, fingerprint,
@@ -218,16 +217,22 @@ def decode_splits(src: Source, index: Index) -> dict[str, np.ndarray]:
     return _with_stats(arrays)
 
 
+def _tensor(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(a)
+
+
 def resize_splits(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     """The native arrays with images resized to size x size (resize_uint8), stats recomputed."""
     out = dict(arrays)
     for split in ("train", "test"):
-        out[f"{split}_x"] = resize_uint8(torch.from_numpy(arrays[f"{split}_x"]), size).numpy()
+        out[f"{split}_x"] = resize_uint8(_tensor(arrays[f"{split}_x"]), size).numpy()
     return _with_stats(out)
 
 
 def _with_stats(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    mean, std = channel_stats(torch.from_numpy(arrays["train_x"]))
+    mean, std = channel_stats(_tensor(arrays["train_x"]))
     return {**arrays, "mean": np.array(mean), "std": np.array(std)}
 
 
@@ -260,7 +265,7 @@ def load_tinyimagenet(root=None, image_size: int | None = None, labels: str = "f
         a = load_arrays(src, index, image_size or NATIVE_SIZE)
     finally:
         src.close()
-    t = {k: torch.from_numpy(a[k]) for k in ("train_x", "train_y", "test_x", "test_y")}
+    t = {k: _tensor(a[k]) for k in ("train_x", "train_y", "test_x", "test_y")}
     return DataSplits("tinyimagenet", t["train_x"], t["train_y"], t["test_x"], t["test_y"], len(index.wnids),
                       tuple(float(m) for m in a["mean"]), tuple(float(s) for s in a["std"]),
                       augment="crop_flip", class_names=list(index.wnids))
