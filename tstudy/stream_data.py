@@ -31,7 +31,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from tstudy.config import STREAMED_DATASETS, RunConfig
+from tstudy.config import RunConfig, is_streamed
 from tstudy.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -80,8 +80,8 @@ def check_decoder(decoder: str, runs) -> None:
 
 
 def streams(cfg: RunConfig) -> bool:
-    """Whether ``cfg`` trains on the streamed path (see the module docstring)."""
-    return cfg.dataset in STREAMED_DATASETS or cfg.augment == "rrc_flip"
+    """Whether ``cfg`` trains on the streamed path (the rule: :func:`tstudy.config.is_streamed`)."""
+    return is_streamed(cfg.dataset, cfg.augment)
 
 
 def auto_workers() -> int:
