@@ -31,6 +31,7 @@ from typing import Iterator
 
 import numpy as np
 
+from tstudy.data.decode import eval_indices
 from tstudy.data.packed import PackedStore
 from tstudy.data.plan import EpochPlan, test_box
 
@@ -270,14 +271,7 @@ class DaliDecoder:
     def test_batches(self, batch_size: int, resize: int, crop: int,
                      indices: np.ndarray | None = None) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:  # noqa: F821
         """As ``DecoderPool.test_batches``: ``Resize(resize)`` + ``CenterCrop(crop)``, the last batch may be short."""
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if indices is None:
-            indices = np.arange(len(self.store), dtype=np.int64)
-        else:
-            indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-            if len(indices) and (indices.min() < 0 or indices.max() >= len(self.store)):
-                raise ValueError(f"indices outside the store's [0, {len(self.store)})")
+        indices = eval_indices(self.store, batch_size, indices)
         windows = test_windows(self.store.sizes[indices], resize, crop)  # checks every crop fits, up front
 
         def feeds():

@@ -199,6 +199,18 @@ def remove_stale_slot_files() -> list[str]:
 
 
 # --------------------------------------------------------------------------- pool
+def eval_indices(store: PackedStore, batch_size: int, indices: np.ndarray | None) -> np.ndarray:
+    """The store indices a test pass decodes (all, in order, when None), checked, as int64."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if indices is None:
+        return np.arange(len(store), dtype=np.int64)
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(indices) and (indices.min() < 0 or indices.max() >= len(store)):
+        raise ValueError(f"indices outside the store's [0, {len(store)})")
+    return indices
+
+
 class DecoderPool:
     """Decodes plans into batches: uint8 ``[B, 3, S, S]`` (pinned when CUDA is available) + int64 labels.
 
@@ -364,14 +376,7 @@ class DecoderPool:
                      indices: np.ndarray | None = None) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:  # noqa: F821
         """The whole split in index order (or the store ``indices`` given, in their order), fixed
         transform (``Resize(resize)`` + ``CenterCrop(crop)``); the last batch may be short."""
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if indices is None:
-            indices = np.arange(len(self.store), dtype=np.int64)
-        else:
-            indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-            if len(indices) and (indices.min() < 0 or indices.max() >= len(self.store)):
-                raise ValueError(f"indices outside the store's [0, {len(self.store)})")
+        indices = eval_indices(self.store, batch_size, indices)
 
         def jobs():
             for s in range(0, len(indices), batch_size):
