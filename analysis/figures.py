@@ -709,16 +709,16 @@ def supports_relational(df: pd.DataFrame) -> bool:
 
 # --------------------------------------------------------------------------- paired differences
 def paired_delta(df: pd.DataFrame, reference_T: float | None = None, value: str = "acc1") -> plt.Figure:
-    """Δ accuracy vs T against ``reference_T`` (default: :data:`analysis.recommend.REFERENCE_T`;
+    """Δ accuracy vs T against ``reference_T`` (default: :data:`tstudy.study.REFERENCE_TEMPERATURE`;
     ``tstudy figures`` passes the study's ``reference_temperature``) of the same method and
     setting, seed by seed (:func:`analysis.stats.paired_deltas`), shaded: the paired 95 %
     interval; a zero line (gid ``"zero"``) and a dotted line at the reference T (gid
     ``"reference"``). Methods without a run at the reference T are left out. Line gids: method
     labels; bands ``"<label>:band"``."""
-    from analysis import recommend
+    from tstudy.study import REFERENCE_TEMPERATURE
 
     style.apply()
-    ref = float(recommend.REFERENCE_T if reference_T is None else reference_T)
+    ref = float(REFERENCE_TEMPERATURE if reference_T is None else reference_T)
     rows = final_test_rows(df)
     students = rows[(rows["role"] == "student") & rows["temperature"].notna()]
     ok = students[students["status"] == "done"]

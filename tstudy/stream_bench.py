@@ -14,7 +14,7 @@ Both loaders are started and warmed up (one untimed pass) before timing; each ti
 full epoch of full batches; the two loaders alternate, ``--repeats`` times (median reported).
 Worker start-up times are reported separately. Ratios are DecoderPool / DataLoader.
 
-``--train``: the training benchmark instead (students behind a teacher, fed by each loader):
+``--data stream --train`` (dispatched by ``tstudy.bench``) is the training benchmark instead:
 :mod:`tstudy.stream_train_bench` (its options: ``--data stream --train --help``).
 """
 from __future__ import annotations
@@ -169,10 +169,6 @@ def environment() -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    if argv is not None and "--train" in argv:
-        from tstudy import stream_train_bench
-
-        return stream_train_bench.main(argv)
     p = argparse.ArgumentParser(prog="python -m tstudy.bench --data stream", description=__doc__.splitlines()[0])
     p.add_argument("--data", default="stream", choices=("stream",))
     p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts (default 0,1,2)")

@@ -11,7 +11,7 @@ and ``tv_resnet18`` students at 224 px, ImageNet-sized JPEGs decoded while train
   memory.
 - ``tstudy`` K = 1, 4, 8 (``--ks``): the engine's streamed path (:class:`tstudy.stream_data.StreamData`
   over a packed store of the same images, :class:`tstudy.data.decode.DecoderPool` with N
-  workers) feeding K KD students through the engine's own step (``tstudy.bench.engine_group``:
+  workers) feeding K KD students through the engine's own step (``tstudy.bench_steps.engine_group``:
   one teacher forward, then one packed network of K students; K = 1 is a lone student), each step
   a CUDA graph as the engine does. Student images/s = K x batch images/s.
 
@@ -97,22 +97,22 @@ def timed_split(it: Iterator, step, device, steps: int, warmup: int, share_steps
     profiled steps."""
     import torch
 
-    from tstudy import bench
+    from tstudy import bench_steps
 
     for _ in range(warmup):
         step(*next(it))
-    bench._sync(device)
+    bench_steps.sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     half = steps // 2
     t0 = time.perf_counter()
     for _ in range(half):
         step(*next(it))
-    bench._sync(device)
+    bench_steps.sync(device)
     t1 = time.perf_counter()
     for _ in range(steps - half):
         step(*next(it))
-    bench._sync(device)
+    bench_steps.sync(device)
     dt, dt2 = time.perf_counter() - t0, time.perf_counter() - t1
     wait = work = 0.0
     for _ in range(share_steps):
@@ -120,7 +120,7 @@ def timed_split(it: Iterator, step, device, steps: int, warmup: int, share_steps
         batch = next(it)
         t1 = time.perf_counter()
         step(*batch)
-        bench._sync(device)
+        bench_steps.sync(device)
         t2 = time.perf_counter()
         wait, work = wait + t1 - t, work + t2 - t1
     out: dict[str, Any] = {
@@ -130,9 +130,9 @@ def timed_split(it: Iterator, step, device, steps: int, warmup: int, share_steps
         "synced_step_ms": 1e3 * work / max(share_steps, 1),
         "decoder_share": wait / (wait + work) if share_steps else None}
     if device.type == "cuda":
-        out["peak_mem_gib"] = (torch.cuda.max_memory_allocated(device) - bench.MEMORY["before"]) / 2**30
+        out["peak_mem_gib"] = (torch.cuda.max_memory_allocated(device) - bench_steps.MEMORY["before"]) / 2**30
     if profile and device.type == "cuda":
-        prof = bench._profile(it, step, device)
+        prof = bench_steps.profile_steps(it, step, device)
         out.update(prof)
         out["gpu_busy_pct"] = 100.0 * prof["gpu_busy_ms_per_step"] / prof["profiled_step_ms"]
     else:
@@ -148,7 +148,7 @@ def classic(folder: Path, size: int, teacher_name: str, student_name: str, devic
     import torchvision
     import torchvision.transforms as T
 
-    from tstudy import bench
+    from tstudy import bench_steps
     from tstudy.evaluation import autocast
     from tstudy.models import build_model
     from tstudy.stream_data import IMAGENET_MEAN, IMAGENET_STD
@@ -178,7 +178,7 @@ def classic(folder: Path, size: int, teacher_name: str, student_name: str, devic
             v = teacher(x).float()
         with autocast(device, precision):
             z = student(x)
-        loss = bench._kd_loss(z.float(), v, y, TEMPERATURE)
+        loss = bench_steps.kd_loss(z.float(), v, y, TEMPERATURE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -198,13 +198,13 @@ def classic(folder: Path, size: int, teacher_name: str, student_name: str, devic
 def tstudy(store: Path, size: int, teacher_name: str, student_name: str, device, batch: int, workers: int,
            precision: str, k: int, timing: dict) -> dict:
     """The engine's streamed path: StreamData + DecoderPool feeding K students (one packed network
-    when K > 1) through ``engine.group_step`` (via ``tstudy.bench.engine_group``)."""
-    from tstudy import bench
+    when K > 1) through ``engine.group_step`` (via ``tstudy.bench_steps.engine_group``)."""
+    from tstudy import bench_steps
     from tstudy.stream_data import StreamData
 
     data = StreamData(store, store, "imagefolder", size, 0.0, device, workers)
     try:
-        with bench.engine_group(data, "imagefolder", teacher_name, student_name, batch, precision, k,
+        with bench_steps.engine_group(data, "imagefolder", teacher_name, student_name, batch, precision, k,
                                 "network" if k > 1 else "sequential", graphs=True, image_size=size,
                                 augment="rrc_flip") as group:
 
@@ -234,7 +234,7 @@ def main(argv: list[str]) -> dict:
     args = options(argv)
     import torch
 
-    from tstudy import bench, stream_bench
+    from tstudy import bench_steps, stream_bench
     from tstudy.data.packed import build_store
     from tstudy.engine import resolve_device
     from tstudy.provenance import device_name
@@ -258,11 +258,11 @@ def main(argv: list[str]) -> dict:
         torch.backends.cudnn.benchmark = True
     dev_name = device_name(device)
     out_path = Path(args.out) if args.out else \
-        Path(args.out_dir) / f"stream-train-{bench.device_slug(dev_name)}{'-tiny' if tiny else ''}.json"
+        Path(args.out_dir) / f"stream-train-{bench_steps.device_slug(dev_name)}{'-tiny' if tiny else ''}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if timing["profile"]:
-        bench.PROFILE["path"] = str(out_path.with_name(out_path.stem + "-profile.txt"))
-        Path(bench.PROFILE["path"]).write_text("")
+        bench_steps.PROFILE["path"] = str(out_path.with_name(out_path.stem + "-profile.txt"))
+        Path(bench_steps.PROFILE["path"]).write_text("")
 
     env = stream_bench.environment()
     env.update({"device": dev_name, "cuda": torch.version.cuda,
@@ -313,7 +313,7 @@ def main(argv: list[str]) -> dict:
         if args.source:
             folder = Path(args.source)
             images_note = f"ImageFolder {folder}"
-            store_dir = base / f"store-{bench.device_slug(str(folder.resolve()))[-80:]}"
+            store_dir = base / f"store-{bench_steps.device_slug(str(folder.resolve()))[-80:]}"
         else:
             n = args.images or (48 if tiny else 4096)
             classes = args.classes or (4 if tiny else 1000)
@@ -336,8 +336,8 @@ def main(argv: list[str]) -> dict:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-                bench.MEMORY["before"] = torch.cuda.memory_allocated(device)
-            bench.PROFILE["label"] = f"stream-train {st}"
+                bench_steps.MEMORY["before"] = torch.cuda.memory_allocated(device)
+            bench_steps.PROFILE["label"] = f"stream-train {st}"
             try:
                 if st["setting"] == "classic":
                     r = classic(folder, size, teacher, student, device, batch, workers, precision, timing)
