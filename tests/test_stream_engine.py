@@ -270,3 +270,25 @@ def test_slurm_job_checkpoints_then_hands_over_to_submitit(tmp_path, teacher_cfg
         signal.signal(workers.preempt_signal(), old)
         engine._CHECKPOINT_NOW.clear()
     assert calls == [workers.preempt_signal()]
+
+
+def test_cli_launch_streamed_with_two_workers_equals_one(tmp_path, folder):
+    """Training workers are not daemons: a streamed run in a worker process starts its decoder pool."""
+    from tstudy.cli import main
+    from tstudy.results import collect
+    from tstudy.study import load_study
+
+    tables = []
+    for name, workers in (("one", "1"), ("two", "2")):
+        f = tmp_path / f"{name}.py"
+        f.write_text(STUDY.format(name="s"))
+        args = ["launch", str(f), "--root", str(tmp_path / name), "--device", "cpu", "--data-root", str(folder),
+                "--data-workers", "1", "--workers", workers, "--pack", "1"]
+        assert main(args) == 0
+        study = load_study(f)
+        store = RunStore(tmp_path / name, study.name)
+        assert {store.state(c).status for c in study.runs()} == {DONE}
+        t = collect(study, store)[0]
+        tables.append(t.drop(columns=[c for c in t.columns if c in DROP or c == "study"]).sort_values(
+            ["run_id", "epoch", "split"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)

@@ -216,8 +216,9 @@ class _InProcess(_Pool):
 
 
 class _Processes(_Pool):
-    """N spawned worker processes, fed one pack at a time each, each over a pipe of its own (no
-    shared queues: no semaphores for multiprocessing's resource tracker to warn about)."""
+    """N spawned worker processes (not daemons: they may start decoder processes), fed one pack
+    at a time each, each over a pipe of its own (no shared queues: no semaphores for
+    multiprocessing's resource tracker to warn about)."""
 
     def __init__(self, store: RunStore, spec: EnvSpec, workers: int, threads: int | None,
                  progress: "Progress", gpus: Sequence[str | None]) -> None:
@@ -226,13 +227,20 @@ class _Processes(_Pool):
         self.threads = threads or 1
         self.gpus = list(gpus)
         self.slots: list[dict] = []
-        for i in range(workers):
-            self.slots.append({"proc": None, "conn": None, "pack": None})
-            self._spawn(i)
+        try:
+            for i in range(workers):
+                self.slots.append({"proc": None, "conn": None, "pack": None})
+                self._spawn(i)
+        except BaseException:  # the workers started so far are not left behind
+            self.slots = [s for s in self.slots if s["proc"] is not None]
+            self.stop()
+            raise
 
     def _spawn(self, i: int) -> None:
         conn, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=worker_main, name=f"tstudy-worker-{i}", daemon=True,
+        # Not a daemon: a streamed run starts decoder processes (a daemon may have no children);
+        # close() and stop() always join the workers.
+        proc = self.ctx.Process(target=worker_main, name=f"tstudy-worker-{i}", daemon=False,
                                 args=(i, self.gpus[i], self.threads, self.spec, str(self.store.root),
                                       self.store.study, child))
         with _sigint_ignored():  # a terminal's Ctrl-C reaches the workers too: this process stops them
