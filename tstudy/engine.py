@@ -349,15 +349,18 @@ class _Student:
                 self.sums[k] = t.detach() * b
         self.correct += (z.detach().argmax(1) == y).sum()
 
-    def save_step(self, epoch: int, step: int, seconds: float) -> None:
+    def save_step(self, epoch: int, step: int, seconds: float, pack_sums: dict | None = None) -> None:
         """Checkpoint within ``epoch`` after ``step`` steps: weights, optimizer, the epoch's sums so far,
-        RNG states; the next start resumes at that step (the epoch's plan is a function of (seed, epoch))."""
+        RNG states; the next start resumes at that step (the epoch's plan is a function of (seed, epoch)).
+        ``pack_sums``: this run's share of a packed network's accumulator, kept apart (not added into
+        ``sums``) so that the resumed run adds its losses in the uninterrupted run's order."""
         atomic.torch_save(self.d / "checkpoint.pt", {
             "epoch": epoch - 1, "step": step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "method": self.method.state_dict(), "rows": self.rows, "seconds": self.seconds + seconds,
             "images": self.images, "run_id": self.cfg.run_id, "rng": _rng_state(self.data.device),
             "partial": {"sums": {k: v.detach().clone() for k, v in self.sums.items()},
-                        "correct": self.correct.detach().clone(), "n_seen": self.n_seen}})
+                        "correct": self.correct.detach().clone(), "n_seen": self.n_seen,
+                        "pack_sums": {k: v.detach().clone() for k, v in (pack_sums or {}).items()}}})
         write_status(self.d, "running", epoch=epoch - 1, step=step)
 
     def restore_partial(self) -> None:
@@ -367,7 +370,14 @@ class _Student:
             self.sums = {k: v.to(dev) for k, v in self.partial["sums"].items()}
             self.correct = self.partial["correct"].to(dev)
             self.n_seen = self.partial["n_seen"]
+            self.pack_sums = {k: v.to(dev) for k, v in self.partial.get("pack_sums", {}).items()}
         self.partial = None
+
+    def fold_pack_sums(self) -> None:
+        """A packed network's partial sums that no pack took back (trained in turn now): into ``sums``."""
+        for k, v in getattr(self, "pack_sums", {}).items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.pack_sums = {}
 
     def end_epoch(self, epoch: int, seconds: float, env: RunEnv) -> RunState | None:
         """Evaluate, checkpoint, log; a final state when the run diverged, else None."""
@@ -468,6 +478,11 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
             network = pack is not None
         if pack is not None:
             pack.begin_epoch(epoch)
+        if first_step:
+            if pack is not None:
+                pack.restore_partial()
+            for s in group:
+                s.fold_pack_sums()
         t0 = time.perf_counter()
         step = group_step(group, pack, teacher, data, epoch, graphs=_use_graphs(env, group, pack, epoch == start + 1))
         n_steps, told = data.n_batches(cfg.batch_size), time.monotonic()
@@ -536,13 +551,15 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
 
 
 def _save_steps(group: list[_Student], pack: "_PackedGroup | None", epoch: int, step: int, seconds: float) -> None:
-    """Every student's checkpoint within ``epoch`` (a packed network first writes its state back)."""
+    """Every student's checkpoint within ``epoch``. A packed network first writes its weights,
+    optimizer state and counts back; its loss sums are saved as they are (not flushed), so the
+    checkpoint changes no sum's order of additions."""
     if group[0].data.device.type == "cuda":
         torch.cuda.synchronize()
     if pack is not None:
-        pack.sync(keep_graph=True)
-    for s in group:
-        s.save_step(epoch, step, seconds)
+        pack.sync(keep_graph=True, flush=False)
+    for k, s in enumerate(group):
+        s.save_step(epoch, step, seconds, pack.partial_sums(k) if pack is not None else None)
 
 
 def group_step(group: list[_Student], pack: "_PackedGroup | None", teacher: nn.Module | None, data: DeviceData,
@@ -655,6 +672,22 @@ class _PackedGroup:
         self.correct = torch.zeros(len(self.students), device=self.data.device)
         self.n_seen = 0
 
+    def partial_sums(self, k: int) -> dict[str, torch.Tensor]:
+        """Student ``k``'s share of the loss-term accumulator, by term."""
+        if self.sums is None:
+            return {}
+        return {key: val for (j, key), val in zip(self.layout, self.sums) if j == k}
+
+    def restore_partial(self) -> None:
+        """After :meth:`begin_epoch` of a resumed epoch: the accumulator as a step checkpoint saved it
+        (:meth:`partial_sums` of each student), so later steps add into it as without the stop."""
+        layout = [(k, key) for k, s in enumerate(self.students) for key in getattr(s, "pack_sums", {})]
+        if layout:
+            self.layout = tuple(layout)
+            self.sums = torch.stack([self.students[k].pack_sums[key] for k, key in layout]).to(self.data.device)
+        for s in self.students:
+            s.pack_sums = {}
+
     def resume_epoch(self, epoch: int) -> None:
         """A pack rebuilt mid-epoch: the students already hold the epoch's sums so far."""
         self.begin_epoch(epoch)
@@ -710,11 +743,13 @@ class _PackedGroup:
                 return
         self.layout, self.sums = (), None
 
-    def sync(self, exclude: list[_Student] = (), keep_graph: bool = False) -> None:
-        """Write model, optimizer state and epoch accumulators back into each student."""
+    def sync(self, exclude: list[_Student] = (), keep_graph: bool = False, flush: bool = True) -> None:
+        """Write model, optimizer state and epoch accumulators back into each student; ``flush``
+        False: the loss sums stay in the pack's accumulator (a step checkpoint)."""
         from tstudy.packnet import unstack_optimizer_state
 
-        self._flush(keep_graph)
+        if flush:
+            self._flush(keep_graph)
         keep = [(k, s) for k, s in enumerate(self.students) if s not in exclude]
         self.net.copy_to([s.model for s in self.students])
         for k, s in keep:
