@@ -1,6 +1,8 @@
 """The streamed data path in the engine: a tiny class-per-folder set of JPEGs with augment="rrc_flip"
 trains end to end on the CPU, packed equals unpacked, and a run stopped within an epoch resumes
 to the metrics of the uninterrupted run."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -306,3 +308,21 @@ def test_cli_launch_streamed_with_two_workers_equals_one(tmp_path, folder):
         tables.append(t.drop(columns=[c for c in t.columns if c in DROP or c == "study"]).sort_values(
             ["run_id", "epoch", "split"]).reset_index(drop=True))
     pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
+
+
+def test_decoder_processes_import_only_the_preemption_leaf(tmp_path, folder):
+    """A decoder process's start-up imports tstudy.preemption (stdlib only), not the workers/engine modules."""
+    import subprocess
+    import sys
+
+    teacher, _ = cfgs()
+    RunEnv(data_root=str(folder), data_workers=0).data(teacher)  # tstudy-store/ exists
+    code = ("import sys; from tstudy.data import decode; decode._init_worker(sys.argv[1]); "
+            "import tstudy.preemption as p; bad = [m for m in ('tstudy.executors.workers', 'tstudy.engine') "
+            "if m in sys.modules]; assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code, str(folder / "tstudy-store" / "train")], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    src = (Path(__file__).parents[1] / "tstudy" / "preemption.py").read_text()
+    assert [ln for ln in src.splitlines() if ln.startswith(("import", "from"))] == [
+        "from __future__ import annotations", "import os", "import signal"]

@@ -281,7 +281,8 @@ class TrainJob:
     def __call__(self) -> dict[str, str]:
         from tstudy.engine import resolve_device
         from tstudy.engine import checkpoint_requested
-        from tstudy.executors.workers import EnvSpec, Progress, _forward_preemption, gpu_slots, preempt_signal, run_packs
+        from tstudy.executors.workers import EnvSpec, Progress, _forward_preemption, gpu_slots, run_packs
+        from tstudy.preemption import preempt_signal
 
         packs = [Pack(p) for p in self.job_packs()]
         runs = [r for p in packs for r in p.runs]

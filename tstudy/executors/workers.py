@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 from tstudy.config import RunConfig
 from tstudy.lock import describe, read_lock
 from tstudy.planning import Pack
+from tstudy.preemption import preempt_signal
 from tstudy.store import DONE, FAILED, INCOMPLETE, RUNNING, RunStore
 
 SKIPPED = "skipped"
@@ -339,12 +340,6 @@ def _sigint_ignored():
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
-
-def preempt_signal() -> int:
-    """The signal submitit's jobs get before pre-emption or the time limit ($SUBMITIT_PREEMPT_SIGNAL, USR2)."""
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
-    return getattr(signal, f"SIG{name}", signal.SIGUSR2)
 
 
 def _checkpoint_now(signum: int, frame: Any) -> None:
