@@ -265,11 +265,14 @@ def test_slurm_job_checkpoints_then_hands_over_to_submitit(tmp_path, teacher_cfg
     from tstudy.executors import slurm, workers
     from tstudy.executors.slurm import TrainJob
 
-    calls = []
+    calls, trained = [], []
 
     def fake_run_packs(packs, store, spec, *a, **k):
         os.kill(os.getpid(), workers.preempt_signal())  # SLURM's warning, while training
-        assert engine.checkpoint_requested() and not calls  # noted, submitit's handler not yet run
+        # submitit's handler ran at once (the job is requeued before SLURM's kill), its exit deferred
+        assert engine.checkpoint_requested() and calls == [workers.preempt_signal()]
+        os.kill(os.getpid(), workers.preempt_signal())  # a second signal: requeued once only
+        trained.append(True)  # the training goes on to its checkpoint
         return {r.run_id: workers.Outcome("incomplete", "pre-empted") for p in packs for r in p.runs}
 
     def submitit_handler(signum, frame):
@@ -285,7 +288,7 @@ def test_slurm_job_checkpoints_then_hands_over_to_submitit(tmp_path, teacher_cfg
     finally:
         signal.signal(workers.preempt_signal(), old)
         engine._CHECKPOINT_NOW.clear()
-    assert calls == [workers.preempt_signal()]
+    assert calls == [workers.preempt_signal()] and trained == [True]
 
 
 def test_cli_launch_streamed_with_two_workers_equals_one(tmp_path, folder):
@@ -326,3 +329,47 @@ def test_decoder_processes_import_only_the_preemption_leaf(tmp_path, folder):
     src = (Path(__file__).parents[1] / "tstudy" / "preemption.py").read_text()
     assert [ln for ln in src.splitlines() if ln.startswith(("import", "from"))] == [
         "from __future__ import annotations", "import os", "import signal"]
+
+
+@pytest.mark.parametrize("batch_size", [4096, 128])
+def test_preemption_at_an_epoch_end_or_in_a_single_step_epoch(tmp_path, teacher_cfg, kd_cfg, monkeypatch, batch_size):
+    """A signal during an epoch's last step (every step, with one step per epoch) stops the run right
+    after the epoch-end checkpoint; resumed, its metrics equal the uninterrupted run's."""
+    import os
+    import signal
+
+    from tstudy import engine
+    from tstudy.executors.workers import _checkpoint_now
+    from tstudy.preemption import preempt_signal
+
+    kd_cfg = kd_cfg.replace(batch_size=batch_size)
+    ref, cut = RunStore(tmp_path / "r", "s"), RunStore(tmp_path / "c", "s")
+    for store in (ref, cut):
+        train_run(teacher_cfg, store, RunEnv())
+    assert train_run(kd_cfg, ref, RunEnv()).status == DONE
+    real = engine.group_step
+
+    def signalled(group, pack, teacher, data, epoch, graphs):
+        step = real(group, pack, teacher, data, epoch, graphs)
+        last = data.n_batches(kd_cfg.batch_size) - 1
+
+        def call(x, y, i):
+            out = step(x, y, i)
+            if (epoch, i) == (2, last):
+                os.kill(os.getpid(), preempt_signal())
+            return out
+        return call
+
+    monkeypatch.setattr(engine, "group_step", signalled)
+    old = signal.signal(preempt_signal(), _checkpoint_now)
+    try:
+        state = train_run(kd_cfg, cut, RunEnv(checkpoint_steps=1))
+    finally:
+        signal.signal(preempt_signal(), old)
+        engine._CHECKPOINT_NOW.clear()
+    assert state.status == INCOMPLETE and "pre-empted" in state.reason and state.epoch == 2
+    ck = torch.load(cut.run_dir(kd_cfg) / "checkpoint.pt", weights_only=False)
+    assert ck["epoch"] == 2 and "step" not in ck
+    monkeypatch.setattr(engine, "group_step", real)
+    assert train_run(kd_cfg, cut, RunEnv()).status == DONE
+    pd.testing.assert_frame_equal(metrics(ref, kd_cfg), metrics(cut, kd_cfg), check_exact=True)

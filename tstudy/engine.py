@@ -501,7 +501,7 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
             if env.on_step is not None and (now := time.monotonic()) - told >= STEP_REPORT_S:
                 told = now
                 env.on_step(cfg, epoch, i + 1, n_steps)
-            preempted = _CHECKPOINT_NOW.is_set()
+            preempted = _CHECKPOINT_NOW.is_set()  # at the epoch's last step: the epoch-end checkpoint below
             if (preempted or env.checkpoint_steps and (i + 1) % env.checkpoint_steps == 0) and i + 1 < n_steps \
                     and not failed:
                 _save_steps(group, pack, epoch, i + 1, time.perf_counter() - t0)
@@ -539,6 +539,10 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
                 pack = None  # rebuilt without the finished run at the next epoch
         if env.stop_after_epoch is not None and epoch >= env.stop_after_epoch and epoch < cfg.epochs:
             results.update({s.cfg.run_id: RunState(INCOMPLETE, epoch, "stopped on request") for s in group})
+            return results
+        if _CHECKPOINT_NOW.is_set() and epoch < cfg.epochs:  # pre-empted: the epoch-end checkpoint is written
+            results.update({s.cfg.run_id: RunState(INCOMPLETE, epoch, "pre-empted: checkpointed at the epoch's end")
+                            for s in group})
             return results
         if not group:
             return results
