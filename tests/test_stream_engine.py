@@ -373,3 +373,18 @@ def test_preemption_at_an_epoch_end_or_in_a_single_step_epoch(tmp_path, teacher_
     monkeypatch.setattr(engine, "group_step", real)
     assert train_run(kd_cfg, cut, RunEnv()).status == DONE
     pd.testing.assert_frame_equal(metrics(ref, kd_cfg), metrics(cut, kd_cfg), check_exact=True)
+
+
+@pytest.mark.parametrize("flag, kw", [("--data-workers", "data_workers"), ("--checkpoint-steps", "checkpoint_steps")])
+def test_machine_flags_have_one_check(tmp_path, capsys, flag, kw):
+    """--data-workers / --checkpoint-steps < 0: the launch flag and RunEnv give the same one line (exit 2)."""
+    from tstudy.cli import main
+
+    f = tmp_path / "s.py"
+    f.write_text(STUDY.format(name="s"))
+    with pytest.raises(ConfigError) as e:
+        RunEnv(**{kw: -1})
+    assert main(["launch", str(f), "--root", str(tmp_path / "r"), flag, "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(str(e.value)) and str(e.value).startswith(f"{flag}: must be >= 0")
+    assert not (tmp_path / "r").exists()

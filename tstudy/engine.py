@@ -87,10 +87,9 @@ class RunEnv:
             raise ConfigError(f"pack_mode: unknown value {self.pack_mode!r}; valid: {', '.join(PACK_MODES)}")
         if self.cuda_graphs not in GRAPH_MODES:
             raise ConfigError(f"cuda_graphs: unknown value {self.cuda_graphs!r}; valid: {', '.join(GRAPH_MODES)}")
-        if self.data_workers is not None and self.data_workers < 0:
-            raise ConfigError(f"--data-workers: must be >= 0, got {self.data_workers}")
-        if self.checkpoint_steps < 0:
-            raise ConfigError(f"--checkpoint-steps: must be >= 0 (0: at epoch ends only), got {self.checkpoint_steps}")
+        from tstudy.executors.workers import check_machine_settings
+
+        check_machine_settings(self.data_workers, self.checkpoint_steps)
         if self.decoder not in ("cpu", "dali"):
             raise ConfigError(f"--decoder: unknown value {self.decoder!r}; valid: cpu, dali")
 
