@@ -328,7 +328,7 @@ def test_decoder_processes_import_only_the_preemption_leaf(tmp_path, folder):
     assert r.returncode == 0, r.stderr
     src = (Path(__file__).parents[1] / "tstudy" / "preemption.py").read_text()
     assert [ln for ln in src.splitlines() if ln.startswith(("import", "from"))] == [
-        "from __future__ import annotations", "import os", "import signal"]
+        "from __future__ import annotations", "import os", "import signal", "import threading"]
 
 
 @pytest.mark.parametrize("batch_size", [4096, 128])
@@ -388,3 +388,20 @@ def test_machine_flags_have_one_check(tmp_path, capsys, flag, kw):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith(str(e.value)) and str(e.value).startswith(f"{flag}: must be >= 0")
     assert not (tmp_path / "r").exists()
+
+
+def test_preemption_signal_while_a_worker_imports_the_engine(monkeypatch):
+    """A worker's handler sets the request without importing the engine (a signal may come while
+    the worker is still importing torch and the engine)."""
+    import sys
+
+    from tstudy import preemption
+    from tstudy.executors import workers
+
+    monkeypatch.delitem(sys.modules, "tstudy.engine")
+    monkeypatch.setitem(sys.modules, "tstudy.engine", None)  # an import of it now fails
+    try:
+        workers._checkpoint_now(preemption.preempt_signal(), None)
+        assert preemption.checkpoint_requested() and workers._preempted()
+    finally:
+        preemption.REQUESTED.clear()

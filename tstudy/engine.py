@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 import traceback
 from contextlib import ExitStack
@@ -33,22 +32,13 @@ from tstudy.lock import LockHeld, RunLock
 from tstudy.methods import build as build_method
 from tstudy.models import build_model
 from tstudy.planning import pack_key
+from tstudy.preemption import REQUESTED, checkpoint_requested, request_checkpoint  # noqa: F401 - re-exported
 from tstudy.store import (DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunState, RunStore, final_acc1, log_line,
                           parquet_intact, set_aside, write_status)
 from tstudy.run_summary import write_summary
 
 PACK_MODES = ("auto", "sequential", "network")
-_CHECKPOINT_NOW = threading.Event()  # set by a pre-emption signal: checkpoint at the next step and stop
-
-
-def request_checkpoint() -> None:
-    """Ask the training in this process to checkpoint at the next step boundary and stop its runs
-    (``incomplete``); safe to call from a signal handler."""
-    _CHECKPOINT_NOW.set()
-
-
-def checkpoint_requested() -> bool:
-    return _CHECKPOINT_NOW.is_set()
+_CHECKPOINT_NOW = REQUESTED  # set by a pre-emption signal (tstudy.preemption): checkpoint at the next step, stop
 
 EpochCallback = Callable[[RunConfig, int, dict], None]
 StepCallback = Callable[[RunConfig, int, int, int], None]  # (cfg, epoch, steps done, steps per epoch)

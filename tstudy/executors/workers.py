@@ -24,7 +24,7 @@ from tstudy.config import RunConfig
 from tstudy.errors import ConfigError
 from tstudy.lock import describe, read_lock
 from tstudy.planning import Pack
-from tstudy.preemption import preempt_signal
+from tstudy.preemption import checkpoint_requested, preempt_signal, request_checkpoint
 from tstudy.store import DONE, FAILED, INCOMPLETE, RUNNING, RunStore
 
 SKIPPED = "skipped"
@@ -155,9 +155,8 @@ def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: in
 
 
 def _preempted() -> bool:
-    """Whether a pre-emption signal asked this process to checkpoint and stop (engine not imported)."""
-    engine = sys.modules.get("tstudy.engine")
-    return engine is not None and engine.checkpoint_requested()
+    """Whether a pre-emption signal asked this process to checkpoint and stop."""
+    return checkpoint_requested()
 
 
 def _forward_preemption(signum: int, frame: Any) -> None:
@@ -353,9 +352,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _checkpoint_now(signum: int, frame: Any) -> None:
-    from tstudy.engine import request_checkpoint
-
-    request_checkpoint()
+    request_checkpoint()  # the leaf module: safe while this process is still importing the engine
 
 
 def worker_main(i: int, gpu: str | None, threads: int, spec: EnvSpec, root: str, study: str, conn: Any) -> None:
