@@ -551,8 +551,8 @@ def _save_steps(group: list[_Student], pack: "_PackedGroup | None", epoch: int, 
         torch.cuda.synchronize()
     if pack is not None:
         pack.sync(keep_graph=True, flush=False)
-    for k, s in enumerate(group):
-        s.save_step(epoch, step, seconds, pack.partial_sums(k) if pack is not None else None)
+    for s in group:
+        s.save_step(epoch, step, seconds, pack.partial_sums(pack.students.index(s)) if pack is not None else None)
 
 
 def group_step(group: list[_Student], pack: "_PackedGroup | None", teacher: nn.Module | None, data: DeviceData,
