@@ -1,6 +1,8 @@
 """The streamed data path in the engine: a tiny class-per-folder set of JPEGs with augment="rrc_flip"
 trains end to end on the CPU, packed equals unpacked, and a run stopped within an epoch resumes
 to the metrics of the uninterrupted run."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,13 +116,27 @@ def test_packed_network_resumes_within_an_epoch(tmp_path, teacher_cfg, kd_cfg):
     env = RunEnv(checkpoint_steps=3, pack_mode="network")
     for store in (ref, cut):
         train_run(teacher_cfg, store, env)
-    assert {s.status for s in train_runs(members, ref, env).values()} == {DONE}
+    # The reference never checkpoints within an epoch: step checkpoints must not change any metric.
+    assert {s.status for s in train_runs(members, ref, RunEnv(pack_mode="network")).values()} == {DONE}
     stopped = RunEnv(checkpoint_steps=3, pack_mode="network", stop_after_step=(3, 3))
     assert {s.status for s in train_runs(members, cut, stopped).values()} == {INCOMPLETE}
     assert {s.status for s in train_runs(members, cut, env).values()} == {DONE}
-    cols = ["epoch", "split", "acc1", "acc5", "loss", "train_loss"]
     for c in members:
-        pd.testing.assert_frame_equal(metrics(ref, c)[cols], metrics(cut, c)[cols], check_exact=True)
+        pd.testing.assert_frame_equal(metrics(ref, c), metrics(cut, c), check_exact=True)
+
+
+def test_sequential_pack_resumes_within_an_epoch(tmp_path, teacher_cfg, kd_cfg):
+    members = [kd_cfg.replace(temperature=1.0), kd_cfg]
+    ref, cut = RunStore(tmp_path / "r", "s"), RunStore(tmp_path / "c", "s")
+    for store in (ref, cut):
+        train_run(teacher_cfg, store, RunEnv())
+    assert {s.status for s in train_runs(members, ref, RunEnv(pack_mode="sequential")).values()} == {DONE}
+    stopped = RunEnv(checkpoint_steps=2, pack_mode="sequential", stop_after_step=(2, 4))
+    assert {s.status for s in train_runs(members, cut, stopped).values()} == {INCOMPLETE}
+    assert {s.status for s in train_runs(members, cut, RunEnv(checkpoint_steps=2, pack_mode="sequential")).values()} \
+        == {DONE}
+    for c in members:
+        pd.testing.assert_frame_equal(metrics(ref, c), metrics(cut, c), check_exact=True)
 
 
 def test_preemption_signal_checkpoints_at_the_next_step(tmp_path, teacher_cfg, kd_cfg, monkeypatch):
@@ -249,11 +265,14 @@ def test_slurm_job_checkpoints_then_hands_over_to_submitit(tmp_path, teacher_cfg
     from tstudy.executors import slurm, workers
     from tstudy.executors.slurm import TrainJob
 
-    calls = []
+    calls, trained = [], []
 
     def fake_run_packs(packs, store, spec, *a, **k):
         os.kill(os.getpid(), workers.preempt_signal())  # SLURM's warning, while training
-        assert engine.checkpoint_requested() and not calls  # noted, submitit's handler not yet run
+        # submitit's handler ran at once (the job is requeued before SLURM's kill), its exit deferred
+        assert engine.checkpoint_requested() and calls == [workers.preempt_signal()]
+        os.kill(os.getpid(), workers.preempt_signal())  # a second signal: requeued once only
+        trained.append(True)  # the training goes on to its checkpoint
         return {r.run_id: workers.Outcome("incomplete", "pre-empted") for p in packs for r in p.runs}
 
     def submitit_handler(signum, frame):
@@ -269,4 +288,120 @@ def test_slurm_job_checkpoints_then_hands_over_to_submitit(tmp_path, teacher_cfg
     finally:
         signal.signal(workers.preempt_signal(), old)
         engine._CHECKPOINT_NOW.clear()
-    assert calls == [workers.preempt_signal()]
+    assert calls == [workers.preempt_signal()] and trained == [True]
+
+
+def test_cli_launch_streamed_with_two_workers_equals_one(tmp_path, folder):
+    """Training workers are not daemons: a streamed run in a worker process starts its decoder pool."""
+    from tstudy.cli import main
+    from tstudy.results import collect
+    from tstudy.study import load_study
+
+    tables = []
+    for name, workers in (("one", "1"), ("two", "2")):
+        f = tmp_path / f"{name}.py"
+        f.write_text(STUDY.format(name="s"))
+        args = ["launch", str(f), "--root", str(tmp_path / name), "--device", "cpu", "--data-root", str(folder),
+                "--data-workers", "1", "--workers", workers, "--pack", "1"]
+        assert main(args) == 0
+        study = load_study(f)
+        store = RunStore(tmp_path / name, study.name)
+        assert {store.state(c).status for c in study.runs()} == {DONE}
+        t = collect(study, store)[0]
+        tables.append(t.drop(columns=[c for c in t.columns if c in DROP or c == "study"]).sort_values(
+            ["run_id", "epoch", "split"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
+
+
+def test_decoder_processes_import_only_the_preemption_leaf(tmp_path, folder):
+    """A decoder process's start-up imports tstudy.preemption (stdlib only), not the workers/engine modules."""
+    import subprocess
+    import sys
+
+    teacher, _ = cfgs()
+    RunEnv(data_root=str(folder), data_workers=0).data(teacher)  # tstudy-store/ exists
+    code = ("import sys; from tstudy.data import decode; decode._init_worker(sys.argv[1]); "
+            "import tstudy.preemption as p; bad = [m for m in ('tstudy.executors.workers', 'tstudy.engine') "
+            "if m in sys.modules]; assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code, str(folder / "tstudy-store" / "train")], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    src = (Path(__file__).parents[1] / "tstudy" / "preemption.py").read_text()
+    assert [ln for ln in src.splitlines() if ln.startswith(("import", "from"))] == [
+        "from __future__ import annotations", "import os", "import signal", "import threading"]
+
+
+@pytest.mark.parametrize("batch_size", [4096, 128])
+def test_preemption_at_an_epoch_end_or_in_a_single_step_epoch(tmp_path, teacher_cfg, kd_cfg, monkeypatch, batch_size):
+    """A signal during an epoch's last step (every step, with one step per epoch) stops the run right
+    after the epoch-end checkpoint; resumed, its metrics equal the uninterrupted run's."""
+    import os
+    import signal
+
+    from tstudy import engine
+    from tstudy.executors.workers import _checkpoint_now
+    from tstudy.preemption import preempt_signal
+
+    kd_cfg = kd_cfg.replace(batch_size=batch_size)
+    ref, cut = RunStore(tmp_path / "r", "s"), RunStore(tmp_path / "c", "s")
+    for store in (ref, cut):
+        train_run(teacher_cfg, store, RunEnv())
+    assert train_run(kd_cfg, ref, RunEnv()).status == DONE
+    real = engine.group_step
+
+    def signalled(group, pack, teacher, data, epoch, graphs):
+        step = real(group, pack, teacher, data, epoch, graphs)
+        last = data.n_batches(kd_cfg.batch_size) - 1
+
+        def call(x, y, i):
+            out = step(x, y, i)
+            if (epoch, i) == (2, last):
+                os.kill(os.getpid(), preempt_signal())
+            return out
+        return call
+
+    monkeypatch.setattr(engine, "group_step", signalled)
+    old = signal.signal(preempt_signal(), _checkpoint_now)
+    try:
+        state = train_run(kd_cfg, cut, RunEnv(checkpoint_steps=1))
+    finally:
+        signal.signal(preempt_signal(), old)
+        engine._CHECKPOINT_NOW.clear()
+    assert state.status == INCOMPLETE and "pre-empted" in state.reason and state.epoch == 2
+    ck = torch.load(cut.run_dir(kd_cfg) / "checkpoint.pt", weights_only=False)
+    assert ck["epoch"] == 2 and "step" not in ck
+    monkeypatch.setattr(engine, "group_step", real)
+    assert train_run(kd_cfg, cut, RunEnv()).status == DONE
+    pd.testing.assert_frame_equal(metrics(ref, kd_cfg), metrics(cut, kd_cfg), check_exact=True)
+
+
+@pytest.mark.parametrize("flag, kw", [("--data-workers", "data_workers"), ("--checkpoint-steps", "checkpoint_steps")])
+def test_machine_flags_have_one_check(tmp_path, capsys, flag, kw):
+    """--data-workers / --checkpoint-steps < 0: the launch flag and RunEnv give the same one line (exit 2)."""
+    from tstudy.cli import main
+
+    f = tmp_path / "s.py"
+    f.write_text(STUDY.format(name="s"))
+    with pytest.raises(ConfigError) as e:
+        RunEnv(**{kw: -1})
+    assert main(["launch", str(f), "--root", str(tmp_path / "r"), flag, "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(str(e.value)) and str(e.value).startswith(f"{flag}: must be >= 0")
+    assert not (tmp_path / "r").exists()
+
+
+def test_preemption_signal_while_a_worker_imports_the_engine(monkeypatch):
+    """A worker's handler sets the request without importing the engine (a signal may come while
+    the worker is still importing torch and the engine)."""
+    import sys
+
+    from tstudy import preemption
+    from tstudy.executors import workers
+
+    monkeypatch.delitem(sys.modules, "tstudy.engine")
+    monkeypatch.setitem(sys.modules, "tstudy.engine", None)  # an import of it now fails
+    try:
+        workers._checkpoint_now(preemption.preempt_signal(), None)
+        assert preemption.checkpoint_requested() and workers._preempted()
+    finally:
+        preemption.REQUESTED.clear()

@@ -192,18 +192,12 @@ def _short(v: object) -> str:
     return str(v)
 
 
-def check_machine_flags(args: argparse.Namespace) -> None:
-    """--data-workers and --checkpoint-steps: integers >= 0 (a ConfigError, exit code 2, otherwise)."""
-    if args.data_workers is not None and args.data_workers < 0:
-        raise ConfigError(f"--data-workers: must be >= 0 (0: decode in the training process), got {args.data_workers}")
-    if args.checkpoint_steps < 0:
-        raise ConfigError(f"--checkpoint-steps: must be >= 0 (0: at epoch ends only), got {args.checkpoint_steps}")
-
-
 def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     from tstudy.stream_data import check_decoder
 
-    check_machine_flags(args)
+    from tstudy.executors.workers import check_machine_settings
+
+    check_machine_settings(args.data_workers, args.checkpoint_steps)  # the same check as RunEnv's
     check_decoder(getattr(args, "decoder", "cpu"), study.runs())
     if args.executor == "slurm":
         from tstudy.executors import slurm

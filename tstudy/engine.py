@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 import traceback
 from contextlib import ExitStack
@@ -33,22 +32,13 @@ from tstudy.lock import LockHeld, RunLock
 from tstudy.methods import build as build_method
 from tstudy.models import build_model
 from tstudy.planning import pack_key
+from tstudy.preemption import REQUESTED, checkpoint_requested, request_checkpoint  # noqa: F401 - re-exported
 from tstudy.store import (DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunState, RunStore, final_acc1, log_line,
                           parquet_intact, set_aside, write_status)
 from tstudy.run_summary import write_summary
 
 PACK_MODES = ("auto", "sequential", "network")
-_CHECKPOINT_NOW = threading.Event()  # set by a pre-emption signal: checkpoint at the next step and stop
-
-
-def request_checkpoint() -> None:
-    """Ask the training in this process to checkpoint at the next step boundary and stop its runs
-    (``incomplete``); safe to call from a signal handler."""
-    _CHECKPOINT_NOW.set()
-
-
-def checkpoint_requested() -> bool:
-    return _CHECKPOINT_NOW.is_set()
+_CHECKPOINT_NOW = REQUESTED  # set by a pre-emption signal (tstudy.preemption): checkpoint at the next step, stop
 
 EpochCallback = Callable[[RunConfig, int, dict], None]
 StepCallback = Callable[[RunConfig, int, int, int], None]  # (cfg, epoch, steps done, steps per epoch)
@@ -87,10 +77,9 @@ class RunEnv:
             raise ConfigError(f"pack_mode: unknown value {self.pack_mode!r}; valid: {', '.join(PACK_MODES)}")
         if self.cuda_graphs not in GRAPH_MODES:
             raise ConfigError(f"cuda_graphs: unknown value {self.cuda_graphs!r}; valid: {', '.join(GRAPH_MODES)}")
-        if self.data_workers is not None and self.data_workers < 0:
-            raise ConfigError(f"--data-workers: must be >= 0, got {self.data_workers}")
-        if self.checkpoint_steps < 0:
-            raise ConfigError(f"--checkpoint-steps: must be >= 0 (0: at epoch ends only), got {self.checkpoint_steps}")
+        from tstudy.executors.workers import check_machine_settings
+
+        check_machine_settings(self.data_workers, self.checkpoint_steps)
         if self.decoder not in ("cpu", "dali"):
             raise ConfigError(f"--decoder: unknown value {self.decoder!r}; valid: cpu, dali")
 
@@ -349,15 +338,18 @@ class _Student:
                 self.sums[k] = t.detach() * b
         self.correct += (z.detach().argmax(1) == y).sum()
 
-    def save_step(self, epoch: int, step: int, seconds: float) -> None:
+    def save_step(self, epoch: int, step: int, seconds: float, pack_sums: dict | None = None) -> None:
         """Checkpoint within ``epoch`` after ``step`` steps: weights, optimizer, the epoch's sums so far,
-        RNG states; the next start resumes at that step (the epoch's plan is a function of (seed, epoch))."""
+        RNG states; the next start resumes at that step (the epoch's plan is a function of (seed, epoch)).
+        ``pack_sums``: this run's share of a packed network's accumulator, kept apart (not added into
+        ``sums``) so that the resumed run adds its losses in the uninterrupted run's order."""
         atomic.torch_save(self.d / "checkpoint.pt", {
             "epoch": epoch - 1, "step": step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "method": self.method.state_dict(), "rows": self.rows, "seconds": self.seconds + seconds,
             "images": self.images, "run_id": self.cfg.run_id, "rng": _rng_state(self.data.device),
             "partial": {"sums": {k: v.detach().clone() for k, v in self.sums.items()},
-                        "correct": self.correct.detach().clone(), "n_seen": self.n_seen}})
+                        "correct": self.correct.detach().clone(), "n_seen": self.n_seen,
+                        "pack_sums": {k: v.detach().clone() for k, v in (pack_sums or {}).items()}}})
         write_status(self.d, "running", epoch=epoch - 1, step=step)
 
     def restore_partial(self) -> None:
@@ -367,7 +359,14 @@ class _Student:
             self.sums = {k: v.to(dev) for k, v in self.partial["sums"].items()}
             self.correct = self.partial["correct"].to(dev)
             self.n_seen = self.partial["n_seen"]
+            self.pack_sums = {k: v.to(dev) for k, v in self.partial.get("pack_sums", {}).items()}
         self.partial = None
+
+    def fold_pack_sums(self) -> None:
+        """A packed network's partial sums that no pack took back (trained in turn now): into ``sums``."""
+        for k, v in getattr(self, "pack_sums", {}).items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.pack_sums = {}
 
     def end_epoch(self, epoch: int, seconds: float, env: RunEnv) -> RunState | None:
         """Evaluate, checkpoint, log; a final state when the run diverged, else None."""
@@ -468,6 +467,11 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
             network = pack is not None
         if pack is not None:
             pack.begin_epoch(epoch)
+        if first_step:
+            if pack is not None:
+                pack.restore_partial()
+            for s in group:
+                s.fold_pack_sums()
         t0 = time.perf_counter()
         step = group_step(group, pack, teacher, data, epoch, graphs=_use_graphs(env, group, pack, epoch == start + 1))
         n_steps, told = data.n_batches(cfg.batch_size), time.monotonic()
@@ -486,7 +490,7 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
             if env.on_step is not None and (now := time.monotonic()) - told >= STEP_REPORT_S:
                 told = now
                 env.on_step(cfg, epoch, i + 1, n_steps)
-            preempted = _CHECKPOINT_NOW.is_set()
+            preempted = _CHECKPOINT_NOW.is_set()  # at the epoch's last step: the epoch-end checkpoint below
             if (preempted or env.checkpoint_steps and (i + 1) % env.checkpoint_steps == 0) and i + 1 < n_steps \
                     and not failed:
                 _save_steps(group, pack, epoch, i + 1, time.perf_counter() - t0)
@@ -525,6 +529,10 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
         if env.stop_after_epoch is not None and epoch >= env.stop_after_epoch and epoch < cfg.epochs:
             results.update({s.cfg.run_id: RunState(INCOMPLETE, epoch, "stopped on request") for s in group})
             return results
+        if _CHECKPOINT_NOW.is_set() and epoch < cfg.epochs:  # pre-empted: the epoch-end checkpoint is written
+            results.update({s.cfg.run_id: RunState(INCOMPLETE, epoch, "pre-empted: checkpointed at the epoch's end")
+                            for s in group})
+            return results
         if not group:
             return results
     for s in group:
@@ -536,13 +544,15 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
 
 
 def _save_steps(group: list[_Student], pack: "_PackedGroup | None", epoch: int, step: int, seconds: float) -> None:
-    """Every student's checkpoint within ``epoch`` (a packed network first writes its state back)."""
+    """Every student's checkpoint within ``epoch``. A packed network first writes its weights,
+    optimizer state and counts back; its loss sums are saved as they are (not flushed), so the
+    checkpoint changes no sum's order of additions."""
     if group[0].data.device.type == "cuda":
         torch.cuda.synchronize()
     if pack is not None:
-        pack.sync(keep_graph=True)
+        pack.sync(keep_graph=True, flush=False)
     for s in group:
-        s.save_step(epoch, step, seconds)
+        s.save_step(epoch, step, seconds, pack.partial_sums(pack.students.index(s)) if pack is not None else None)
 
 
 def group_step(group: list[_Student], pack: "_PackedGroup | None", teacher: nn.Module | None, data: DeviceData,
@@ -655,6 +665,22 @@ class _PackedGroup:
         self.correct = torch.zeros(len(self.students), device=self.data.device)
         self.n_seen = 0
 
+    def partial_sums(self, k: int) -> dict[str, torch.Tensor]:
+        """Student ``k``'s share of the loss-term accumulator, by term."""
+        if self.sums is None:
+            return {}
+        return {key: val for (j, key), val in zip(self.layout, self.sums) if j == k}
+
+    def restore_partial(self) -> None:
+        """After :meth:`begin_epoch` of a resumed epoch: the accumulator as a step checkpoint saved it
+        (:meth:`partial_sums` of each student), so later steps add into it as without the stop."""
+        layout = [(k, key) for k, s in enumerate(self.students) for key in getattr(s, "pack_sums", {})]
+        if layout:
+            self.layout = tuple(layout)
+            self.sums = torch.stack([self.students[k].pack_sums[key] for k, key in layout]).to(self.data.device)
+        for s in self.students:
+            s.pack_sums = {}
+
     def resume_epoch(self, epoch: int) -> None:
         """A pack rebuilt mid-epoch: the students already hold the epoch's sums so far."""
         self.begin_epoch(epoch)
@@ -710,11 +736,13 @@ class _PackedGroup:
                 return
         self.layout, self.sums = (), None
 
-    def sync(self, exclude: list[_Student] = (), keep_graph: bool = False) -> None:
-        """Write model, optimizer state and epoch accumulators back into each student."""
+    def sync(self, exclude: list[_Student] = (), keep_graph: bool = False, flush: bool = True) -> None:
+        """Write model, optimizer state and epoch accumulators back into each student; ``flush``
+        False: the loss sums stay in the pack's accumulator (a step checkpoint)."""
         from tstudy.packnet import unstack_optimizer_state
 
-        self._flush(keep_graph)
+        if flush:
+            self._flush(keep_graph)
         keep = [(k, s) for k, s in enumerate(self.students) if s not in exclude]
         self.net.copy_to([s.model for s in self.students])
         for k, s in keep:

@@ -69,7 +69,7 @@ _STORE: PackedStore | None = None
 
 def _init_worker(path: str) -> None:
     global _STORE
-    from tstudy.executors.workers import preempt_signal
+    from tstudy.preemption import preempt_signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts the pool down
     signal.signal(preempt_signal(), signal.SIG_IGN)  # SLURM's pre-emption signal: the training process checkpoints

@@ -280,8 +280,8 @@ class TrainJob:
 
     def __call__(self) -> dict[str, str]:
         from tstudy.engine import resolve_device
-        from tstudy.engine import checkpoint_requested
-        from tstudy.executors.workers import EnvSpec, Progress, _forward_preemption, gpu_slots, preempt_signal, run_packs
+        from tstudy.executors.workers import EnvSpec, Progress, gpu_slots, run_packs
+        from tstudy.preemption import preempt_signal
 
         packs = [Pack(p) for p in self.job_packs()]
         runs = [r for p in packs for r in p.runs]
@@ -299,16 +299,16 @@ class TrainJob:
             clear_dead_job_lock(store.run_dir(cfg))
         progress = Progress(len(runs), workers, tty=False, out=sys.stdout, say=_say)
         sig = preempt_signal()
-        submitit_handler = signal.getsignal(sig)
-        signal.signal(sig, _forward_preemption)  # every training process checkpoints at its next step, then stops
+        handover = _Handover(signal.getsignal(sig))
+        signal.signal(sig, handover)  # requeue at once; every training process checkpoints at its next step
         try:
             outcomes = run_packs(packs, store, spec, workers, threads, progress,
                                  gpus=gpu_slots(spec.device, workers))
         finally:
-            signal.signal(sig, submitit_handler)
-        if checkpoint_requested() and callable(submitit_handler):
-            _say("pre-empted: runs checkpointed at a step boundary")
-            submitit_handler(sig, None)  # submitit: checkpoint() (requeue this job), exit
+            signal.signal(sig, handover.submitit)
+        if handover.exit is not None:  # submitit requeued (or gave up on) this job: end as its handler would
+            _say("pre-empted: runs checkpointed; this job ends (requeued by submitit)")
+            raise handover.exit
         problems = []
         for run_id, o in outcomes.items():
             _say(f"run {run_id}: {o.status}" + (f": {o.reason}" if o.reason else ""))
@@ -322,8 +322,32 @@ class TrainJob:
         """Requeue this same job: every run resumes from its checkpoint on disk."""
         import submitit
 
-        _say("preempted or timed out: requeued; runs resume from their checkpoints")
+        _say_now("preempted or timed out: requeued; runs resume from their checkpoints")
         return submitit.helpers.DelayedSubmission(self)
+
+
+class _Handover:
+    """The job's pre-emption handler: tell the training processes to checkpoint at their next step
+    boundary (``workers._forward_preemption``), and at once run submitit's own handler (which calls
+    :meth:`TrainJob.checkpoint`, requeues the job, then exits): its exit (or error) is kept in
+    ``exit`` and raised once the training has stopped, so the job is requeued even when SLURM's kill
+    comes before every run reaches a step boundary (an evaluation, a store build, a teacher wait)."""
+
+    def __init__(self, submitit: Any) -> None:
+        self.submitit, self.exit, self.called = submitit, None, False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        from tstudy.executors.workers import _forward_preemption
+
+        _forward_preemption(signum, frame)
+        if self.called or not callable(self.submitit):
+            return
+        self.called = True
+        _say_now("pre-emption signal: requeueing now; the runs checkpoint at their next step")
+        try:
+            self.submitit(signum, frame)
+        except (SystemExit, Exception) as e:  # noqa: BLE001 - raised after the training stops
+            self.exit = e
 
 
 def job_threads() -> int:
@@ -336,6 +360,16 @@ def job_threads() -> int:
 
 def _say(line: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} tstudy: {line}", flush=True)
+
+
+def _say_now(line: str) -> None:
+    """``_say`` from a signal handler: straight to file descriptor 1 (a print there may be reentrant)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
+        return _say(line)
+    with contextlib.suppress(OSError):
+        os.write(fd, f"{time.strftime('%Y-%m-%d %H:%M:%S')} tstudy: {line}\n".encode())
 
 
 def clear_dead_job_lock(run_dir: Path) -> None:

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from tstudy.config import RunConfig
+from tstudy.errors import ConfigError
 from tstudy.lock import describe, read_lock
 from tstudy.planning import Pack
+from tstudy.preemption import checkpoint_requested, preempt_signal, request_checkpoint
 from tstudy.store import DONE, FAILED, INCOMPLETE, RUNNING, RunStore
 
 SKIPPED = "skipped"
@@ -40,6 +42,15 @@ class EnvSpec:
     data_workers: int | None = None  # streamed data: decoder processes (None: min(CPUs, 8))
     checkpoint_steps: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     decoder: str = "cpu"  # streamed data: cpu (DecoderPool) or dali
+
+
+def check_machine_settings(data_workers: int | None, checkpoint_steps: int) -> None:
+    """The one check of ``--data-workers`` and ``--checkpoint-steps`` (launch flags, ``RunEnv``):
+    integers >= 0, else a one-line ConfigError naming the flag."""
+    if data_workers is not None and data_workers < 0:
+        raise ConfigError(f"--data-workers: must be >= 0 (0: decode in the training process), got {data_workers}")
+    if checkpoint_steps < 0:
+        raise ConfigError(f"--checkpoint-steps: must be >= 0 (0: at epoch ends only), got {checkpoint_steps}")
 
 
 @dataclass(frozen=True)
@@ -144,9 +155,8 @@ def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: in
 
 
 def _preempted() -> bool:
-    """Whether a pre-emption signal asked this process to checkpoint and stop (engine not imported)."""
-    engine = sys.modules.get("tstudy.engine")
-    return engine is not None and engine.checkpoint_requested()
+    """Whether a pre-emption signal asked this process to checkpoint and stop."""
+    return checkpoint_requested()
 
 
 def _forward_preemption(signum: int, frame: Any) -> None:
@@ -216,8 +226,9 @@ class _InProcess(_Pool):
 
 
 class _Processes(_Pool):
-    """N spawned worker processes, fed one pack at a time each, each over a pipe of its own (no
-    shared queues: no semaphores for multiprocessing's resource tracker to warn about)."""
+    """N spawned worker processes (not daemons: they may start decoder processes), fed one pack
+    at a time each, each over a pipe of its own (no shared queues: no semaphores for
+    multiprocessing's resource tracker to warn about)."""
 
     def __init__(self, store: RunStore, spec: EnvSpec, workers: int, threads: int | None,
                  progress: "Progress", gpus: Sequence[str | None]) -> None:
@@ -226,13 +237,20 @@ class _Processes(_Pool):
         self.threads = threads or 1
         self.gpus = list(gpus)
         self.slots: list[dict] = []
-        for i in range(workers):
-            self.slots.append({"proc": None, "conn": None, "pack": None})
-            self._spawn(i)
+        try:
+            for i in range(workers):
+                self.slots.append({"proc": None, "conn": None, "pack": None})
+                self._spawn(i)
+        except BaseException:  # the workers started so far are not left behind
+            self.slots = [s for s in self.slots if s["proc"] is not None]
+            self.stop()
+            raise
 
     def _spawn(self, i: int) -> None:
         conn, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=worker_main, name=f"tstudy-worker-{i}", daemon=True,
+        # Not a daemon: a streamed run starts decoder processes (a daemon may have no children);
+        # close() and stop() always join the workers.
+        proc = self.ctx.Process(target=worker_main, name=f"tstudy-worker-{i}", daemon=False,
                                 args=(i, self.gpus[i], self.threads, self.spec, str(self.store.root),
                                       self.store.study, child))
         with _sigint_ignored():  # a terminal's Ctrl-C reaches the workers too: this process stops them
@@ -333,16 +351,8 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def preempt_signal() -> int:
-    """The signal submitit's jobs get before pre-emption or the time limit ($SUBMITIT_PREEMPT_SIGNAL, USR2)."""
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
-    return getattr(signal, f"SIG{name}", signal.SIGUSR2)
-
-
 def _checkpoint_now(signum: int, frame: Any) -> None:
-    from tstudy.engine import request_checkpoint
-
-    request_checkpoint()
+    request_checkpoint()  # the leaf module: safe while this process is still importing the engine
 
 
 def worker_main(i: int, gpu: str | None, threads: int, spec: EnvSpec, root: str, study: str, conn: Any) -> None:
