@@ -284,9 +284,7 @@ class _Student:
         self.method = build_method(cfg.method, temperature=cfg.temperature, teacher_model=cfg.teacher_model,
                                    student_model=cfg.model, num_classes=data.num_classes, **cfg.params).to(device)
         if teacher is not None and type(self.method).needs_teacher_train_logits(cfg.params):  # ls, not kd
-            if not isinstance(data, DeviceData):
-                raise ConfigError(f"method: {cfg.method!r} needs the teacher's logits on the whole training set, "
-                                  "which the streamed data path does not compute")
+            # (on the device path only: RunConfig refuses such a method on streamed data)
             self.method.prepare(teacher_train_logits(cfg, store, teacher, data))
         self.opt = make_optimizer(cfg, list(self.model.parameters()) + list(self.method.parameters()))
         self.start, self.rows, self.seconds, self.images = 0, [], 0.0, 0
