@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-TINY_ZIP = Path("/work/shared/data/tiny-imagenet-200/tiny-imagenet-200-train-0.zip")
+# the project's shared data beside the checkout (../shared), as the tests find it
+TINY_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-200" / "tiny-imagenet-200-train-0.zip"
 
 
 def requested(argv: list[str]) -> bool:
