@@ -195,7 +195,7 @@ def _short(v: object) -> str:
 def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     from tstudy.stream_data import check_decoder
 
-    from tstudy.executors.workers import check_machine_settings
+    from tstudy.executors.options import check_machine_settings
 
     check_machine_settings(args.data_workers, args.checkpoint_steps)  # the same check as RunEnv's
     check_decoder(getattr(args, "decoder", "cpu"), study.runs())

@@ -77,7 +77,7 @@ class RunEnv:
             raise ConfigError(f"pack_mode: unknown value {self.pack_mode!r}; valid: {', '.join(PACK_MODES)}")
         if self.cuda_graphs not in GRAPH_MODES:
             raise ConfigError(f"cuda_graphs: unknown value {self.cuda_graphs!r}; valid: {', '.join(GRAPH_MODES)}")
-        from tstudy.executors.workers import check_machine_settings
+        from tstudy.executors.options import check_machine_settings
 
         check_machine_settings(self.data_workers, self.checkpoint_steps)
         if self.decoder not in ("cpu", "dali"):
@@ -91,7 +91,7 @@ class RunEnv:
             return self._data[key]
         if streams(cfg):
             self._data[key] = open_stream(cfg, self.data_root, torch.device(self.device), self.data_workers,
-                                         getattr(self, "decoder", "cpu"))
+                                         self.decoder)
         else:
             splits = load_dataset(cfg.dataset, self.data_root, image_size=cfg.image_size, labels=cfg.labels)
             self._data[key] = DeviceData(with_validation(splits, cfg.val_fraction), torch.device(self.device))

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from tstudy.config import RunConfig
-from tstudy.errors import ConfigError
 from tstudy.lock import describe, read_lock
 from tstudy.planning import Pack
 from tstudy.preemption import checkpoint_requested, preempt_signal, request_checkpoint
@@ -42,15 +41,6 @@ class EnvSpec:
     data_workers: int | None = None  # streamed data: decoder processes (None: min(CPUs, 8))
     checkpoint_steps: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     decoder: str = "cpu"  # streamed data: cpu (DecoderPool) or dali
-
-
-def check_machine_settings(data_workers: int | None, checkpoint_steps: int) -> None:
-    """The one check of ``--data-workers`` and ``--checkpoint-steps`` (launch flags, ``RunEnv``):
-    integers >= 0, else a one-line ConfigError naming the flag."""
-    if data_workers is not None and data_workers < 0:
-        raise ConfigError(f"--data-workers: must be >= 0 (0: decode in the training process), got {data_workers}")
-    if checkpoint_steps < 0:
-        raise ConfigError(f"--checkpoint-steps: must be >= 0 (0: at epoch ends only), got {checkpoint_steps}")
 
 
 @dataclass(frozen=True)
