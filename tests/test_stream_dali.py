@@ -15,7 +15,7 @@ from tstudy.data.dali import DaliDecoder  # noqa: E402
 from tstudy.data.decode import DecoderPool  # noqa: E402
 from tstudy.data.packed import PackedStore, build_store  # noqa: E402
 
-from test_stream_decode import make_folder  # noqa: E402
+from test_stream_store import make_folder  # noqa: E402
 
 # Measured on these synthetic JPEGs (30-120 px; DALI 2.4 CPU pipeline vs Pillow): mean |difference|
 # 0.16-0.19 grey levels, max 10 (train, 32-112 px); test transform 0.15-0.17, max 1.

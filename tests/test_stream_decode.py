@@ -17,26 +17,9 @@ from tstudy.data.decode import DecoderPool, decode_test, decode_train
 from tstudy.data.packed import PackedStore, build_store
 
 from test_data import SHARED_TINY, needs_tiny  # ../shared beside the checkout; never skipped under CI
+from test_stream_store import make_folder  # synthetic mixed-size JPEGs (grey, CMYK, a disguised PNG)
 
 TINY_ZIP = SHARED_TINY / "tiny-imagenet-200-train-0.zip"
-
-
-def make_folder(root, n=40, seed=0):
-    """Synthetic ImageFolder, 30-120 px: RGB JPEGs, one greyscale JPEG, one PNG named .jpg."""
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        d = root / f"c{i % 3}"
-        d.mkdir(parents=True, exist_ok=True)
-        h, w = (int(v) for v in rng.integers(30, 121, 2))
-        base = rng.integers(0, 256, (1, 1, 3)).astype(np.float64)
-        img = np.clip(base + rng.normal(0, 40, (h, w, 3)).cumsum(axis=1) / 8, 0, 255).astype(np.uint8)
-        path = d / f"img_{i:03d}.jpg"
-        if i == 5:
-            Image.fromarray(img[:, :, 0], "L").save(path, format="JPEG", quality=85)
-        elif i == 7:
-            Image.fromarray(img).save(path, format="PNG")
-        else:
-            Image.fromarray(img).save(path, format="JPEG", quality=85)
 
 
 @pytest.fixture(scope="module")

@@ -139,12 +139,16 @@ def test_sequential_pack_resumes_within_an_epoch(tmp_path, teacher_cfg, kd_cfg):
         pd.testing.assert_frame_equal(metrics(ref, c), metrics(cut, c), check_exact=True)
 
 
-def test_preemption_signal_checkpoints_at_the_next_step(tmp_path, teacher_cfg, kd_cfg, monkeypatch):
+def preempted_run(tmp_path, teacher_cfg, kd_cfg, monkeypatch, at, env):
+    """Train ``kd_cfg`` whole (ref) and with SLURM's pre-emption signal sent during the step
+    ``at(data) -> (epoch, i)`` (cut); returns (ref, cut, the cut run's state). The engine's own
+    step afterwards, as a requeued job has."""
     import os
     import signal
 
     from tstudy import engine
-    from tstudy.executors.workers import _checkpoint_now, preempt_signal
+    from tstudy.executors.workers import _checkpoint_now
+    from tstudy.preemption import preempt_signal
 
     ref, cut = RunStore(tmp_path / "r", "s"), RunStore(tmp_path / "c", "s")
     for store in (ref, cut):
@@ -154,11 +158,10 @@ def test_preemption_signal_checkpoints_at_the_next_step(tmp_path, teacher_cfg, k
 
     def signalled(group, pack, teacher, data, epoch, graphs):
         step = real(group, pack, teacher, data, epoch, graphs)
-        inner = step.__call__
 
         def call(x, y, i):
-            out = inner(x, y, i)
-            if (epoch, i) == (2, 4):
+            out = step(x, y, i)
+            if (epoch, i) == at(data):
                 os.kill(os.getpid(), preempt_signal())  # as SLURM does before pre-emption
             return out
         return call
@@ -166,14 +169,19 @@ def test_preemption_signal_checkpoints_at_the_next_step(tmp_path, teacher_cfg, k
     monkeypatch.setattr(engine, "group_step", signalled)
     old = signal.signal(preempt_signal(), _checkpoint_now)
     try:
-        state = train_run(kd_cfg, cut, RunEnv())
+        state = train_run(kd_cfg, cut, env)
     finally:
         signal.signal(preempt_signal(), old)
         engine._CHECKPOINT_NOW.clear()
+        monkeypatch.setattr(engine, "group_step", real)
+    return ref, cut, state
+
+
+def test_preemption_signal_checkpoints_at_the_next_step(tmp_path, teacher_cfg, kd_cfg, monkeypatch):
+    ref, cut, state = preempted_run(tmp_path, teacher_cfg, kd_cfg, monkeypatch, lambda data: (2, 4), RunEnv())
     assert state.status == INCOMPLETE and "pre-empted" in state.reason
     ck = torch.load(cut.run_dir(kd_cfg) / "checkpoint.pt", weights_only=False)
     assert (ck["epoch"], ck["step"]) == (1, 5)
-    monkeypatch.setattr(engine, "group_step", real)
     assert train_run(kd_cfg, cut, RunEnv()).status == DONE
     cols = ["epoch", "split", "acc1", "acc5", "loss", "train_loss"]
     pd.testing.assert_frame_equal(metrics(ref, kd_cfg)[cols], metrics(cut, kd_cfg)[cols], check_exact=True)
@@ -335,42 +343,12 @@ def test_decoder_processes_import_only_the_preemption_leaf(tmp_path, folder):
 def test_preemption_at_an_epoch_end_or_in_a_single_step_epoch(tmp_path, teacher_cfg, kd_cfg, monkeypatch, batch_size):
     """A signal during an epoch's last step (every step, with one step per epoch) stops the run right
     after the epoch-end checkpoint; resumed, its metrics equal the uninterrupted run's."""
-    import os
-    import signal
-
-    from tstudy import engine
-    from tstudy.executors.workers import _checkpoint_now
-    from tstudy.preemption import preempt_signal
-
     kd_cfg = kd_cfg.replace(batch_size=batch_size)
-    ref, cut = RunStore(tmp_path / "r", "s"), RunStore(tmp_path / "c", "s")
-    for store in (ref, cut):
-        train_run(teacher_cfg, store, RunEnv())
-    assert train_run(kd_cfg, ref, RunEnv()).status == DONE
-    real = engine.group_step
-
-    def signalled(group, pack, teacher, data, epoch, graphs):
-        step = real(group, pack, teacher, data, epoch, graphs)
-        last = data.n_batches(kd_cfg.batch_size) - 1
-
-        def call(x, y, i):
-            out = step(x, y, i)
-            if (epoch, i) == (2, last):
-                os.kill(os.getpid(), preempt_signal())
-            return out
-        return call
-
-    monkeypatch.setattr(engine, "group_step", signalled)
-    old = signal.signal(preempt_signal(), _checkpoint_now)
-    try:
-        state = train_run(kd_cfg, cut, RunEnv(checkpoint_steps=1))
-    finally:
-        signal.signal(preempt_signal(), old)
-        engine._CHECKPOINT_NOW.clear()
+    ref, cut, state = preempted_run(tmp_path, teacher_cfg, kd_cfg, monkeypatch,
+                                    lambda data: (2, data.n_batches(kd_cfg.batch_size) - 1), RunEnv(checkpoint_steps=1))
     assert state.status == INCOMPLETE and "pre-empted" in state.reason and state.epoch == 2
     ck = torch.load(cut.run_dir(kd_cfg) / "checkpoint.pt", weights_only=False)
     assert ck["epoch"] == 2 and "step" not in ck
-    monkeypatch.setattr(engine, "group_step", real)
     assert train_run(kd_cfg, cut, RunEnv()).status == DONE
     pd.testing.assert_frame_equal(metrics(ref, kd_cfg), metrics(cut, kd_cfg), check_exact=True)
 

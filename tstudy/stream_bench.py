@@ -20,6 +20,7 @@ Worker start-up times are reported separately. Ratios are DecoderPool / DataLoad
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -30,11 +31,23 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 # the project's shared data beside the checkout (../shared), as the tests find it
 TINY_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-200" / "tiny-imagenet-200-train-0.zip"
+
+
+@contextlib.contextmanager
+def scratch_dir(keep: str | None, prefix: str) -> Iterator[Path]:
+    """The benchmark's working folder: ``keep`` (kept, reused by the next run) or a temporary one."""
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        yield Path(keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
 
 
 def requested(argv: list[str]) -> bool:
@@ -188,20 +201,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     workers = [int(w) for w in args.workers.split(",")]
     sets = args.sets.split(",")
-    tmp = None
-    if args.keep:
-        base = Path(args.keep)
-        base.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="tstudy-stream-bench-")
-        base = Path(tmp.name)
-
     def log(msg: str) -> None:
         print(msg, flush=True)
 
     load_before = os.getloadavg()
     rows, notes = [], {}
-    try:
+    with scratch_dir(args.keep, "tstudy-stream-bench-") as base:
         for name in sets:
             if name == "tiny64":
                 n = args.images or 2048
@@ -220,9 +225,6 @@ def main(argv: list[str] | None = None) -> dict:
                                   args.batch_size, log)
             else:
                 raise SystemExit(f"unknown set {name!r} (tiny64, synth224)")
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     out = {"benchmark": "stream", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "environment": environment(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
            "repeats": args.repeats, "sets": notes, "results": rows,

@@ -38,7 +38,6 @@ import argparse
 import gc
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -300,15 +299,8 @@ def main(argv: list[str]) -> dict:
         out_path.write_text(json.dumps(report, indent=2) + "\n")
         return report
 
-    tmp = None
-    if args.keep:
-        base = Path(args.keep)
-        base.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="tstudy-stream-train-")
-        base = Path(tmp.name)
     results: list[dict] = []
-    try:
+    with stream_bench.scratch_dir(args.keep, "tstudy-stream-train-") as base:
         t0 = time.perf_counter()
         if args.source:
             folder = Path(args.source)
@@ -361,9 +353,6 @@ def main(argv: list[str]) -> dict:
             print(f"{st['setting']:8s} K {st['k']:2d}: {row['student_images_per_s']:9.0f} student img/s{ratio}  "
                   f"decoder share {row['decoder_share']:.2f} ({row['data_wait_ms_per_step']:.1f} of "
                   f"{row['data_wait_ms_per_step'] + row['synced_step_ms']:.1f} ms){busy}", flush=True)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     report = write(results, True)
     print(f"wrote {out_path}", flush=True)
     return report

@@ -31,7 +31,7 @@ from typing import Iterator
 
 import numpy as np
 
-from tstudy.data.decode import eval_indices
+from tstudy.data.decode import check_train_plan, eval_indices
 from tstudy.data.packed import PackedStore
 from tstudy.data.plan import EpochPlan, test_box
 
@@ -75,22 +75,6 @@ def test_windows(sizes: np.ndarray, resize: int, crop: int) -> tuple[np.ndarray,
 
 
 test_windows.__test__ = False  # not a pytest test, whatever imports it
-
-
-def check_train_plan(store_sizes: np.ndarray, plan: EpochPlan, batch_size: int, start_step: int) -> int:
-    """The checks of ``DecoderPool.train_batches``; returns the number of full batches."""
-    order, boxes = plan.order, plan.boxes
-    n = len(store_sizes)
-    if len(order) and (order.min() < 0 or order.max() >= n):
-        raise ValueError(f"the plan's order holds indices outside the store's [0, {n})")
-    hw = np.asarray(store_sizes)[order]
-    if ((boxes[:, :2] < 0).any() or (boxes[:, 2:] <= 0).any()
-            or (boxes[:, 0] + boxes[:, 2] > hw[:, 0]).any() or (boxes[:, 1] + boxes[:, 3] > hw[:, 1]).any()):
-        raise ValueError("the plan's boxes do not fit the store's images (a plan drawn for other sizes?)")
-    n_steps = plan.n_steps(batch_size)
-    if not 0 <= start_step <= n_steps:
-        raise ValueError(f"start_step {start_step} outside [0, {n_steps}]")
-    return n_steps
 
 
 # --------------------------------------------------------------------------- availability

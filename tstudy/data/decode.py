@@ -211,6 +211,23 @@ def eval_indices(store: PackedStore, batch_size: int, indices: np.ndarray | None
     return indices
 
 
+def check_train_plan(store_sizes: np.ndarray, plan: EpochPlan, batch_size: int, start_step: int) -> int:
+    """Raise ValueError when ``plan`` does not fit a store of images of ``store_sizes`` (h, w) or
+    ``start_step`` lies outside it; returns the number of full batches. Both decoders call it."""
+    order, boxes = plan.order, plan.boxes
+    n = len(store_sizes)
+    if len(order) and (order.min() < 0 or order.max() >= n):
+        raise ValueError(f"the plan's order holds indices outside the store's [0, {n})")
+    hw = np.asarray(store_sizes)[order]
+    if ((boxes[:, :2] < 0).any() or (boxes[:, 2:] <= 0).any()
+            or (boxes[:, 0] + boxes[:, 2] > hw[:, 0]).any() or (boxes[:, 1] + boxes[:, 3] > hw[:, 1]).any()):
+        raise ValueError("the plan's boxes do not fit the store's images (a plan drawn for other sizes?)")
+    n_steps = plan.n_steps(batch_size)
+    if not 0 <= start_step <= n_steps:
+        raise ValueError(f"start_step {start_step} outside [0, {n_steps}]")
+    return n_steps
+
+
 class DecoderPool:
     """Decodes plans into batches: uint8 ``[B, 3, S, S]`` (pinned when CUDA is available) + int64 labels.
 
@@ -353,17 +370,7 @@ class DecoderPool:
         subset[plan.order], plan.boxes, plan.flips)`` for ``epoch_plan(store.sizes[subset], ...)``).
         Every box must lie inside its stored image (checked up front).
         """
-        order, boxes = plan.order, plan.boxes
-        n = len(self.store)
-        if len(order) and (order.min() < 0 or order.max() >= n):
-            raise ValueError(f"the plan's order holds indices outside the store's [0, {n})")
-        hw = self.store.sizes[order]
-        if ((boxes[:, :2] < 0).any() or (boxes[:, 2:] <= 0).any()
-                or (boxes[:, 0] + boxes[:, 2] > hw[:, 0]).any() or (boxes[:, 1] + boxes[:, 3] > hw[:, 1]).any()):
-            raise ValueError("the plan's boxes do not fit the store's images (a plan drawn for other sizes?)")
-        n_steps = plan.n_steps(batch_size)
-        if not 0 <= start_step <= n_steps:
-            raise ValueError(f"start_step {start_step} outside [0, {n_steps}]")
+        n_steps = check_train_plan(self.store.sizes, plan, batch_size, start_step)
 
         def jobs():
             for step in range(start_step, n_steps):
