@@ -32,6 +32,7 @@ import textwrap
 from typing import Iterable, Sequence
 
 import matplotlib.pyplot as plt
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 import numpy as np
@@ -359,13 +360,24 @@ def _figure_legend(fig: plt.Figure, title: str, extra: list | None = None, ncol:
         for h, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, h)
     if seen:
+        across = _chars_across(fig, 7, em=0.6)
+        caption = "\n".join(textwrap.wrap(title, across))
+        fit = across // (max(len(label) for label in seen) + 6)  # an entry: its handle, label and gap
         fig.legend(list(seen.values()), list(seen.keys()), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                   ncol=max(1, min(ncol, len(seen))), fontsize=7, title=title, title_fontsize=7, frameon=False)
+                   ncol=max(1, min(ncol, len(seen), fit)), fontsize=7, title=caption, title_fontsize=7,
+                   frameon=False)
+
+
+def _chars_across(fig: plt.Figure, points: float, em: float = 0.55) -> int:
+    """About how many characters of a ``points``-sized font fit across the figure (an average
+    character is ``em`` of the font size wide; small text runs wider), so titles and captions wrap
+    to the figure instead of widening it."""
+    return max(20, int(fig.get_size_inches()[0] * 72 / (em * points)))
 
 
 def _finish(fig: plt.Figure, title: str, legend_title: str, extra: list | None = None, ncol: int = 4) -> None:
-    width = max(20, int(fig.get_size_inches()[0] * 8))  # characters of the title's size that fit
-    fig.suptitle("\n".join(textwrap.wrap(title, width)))
+    points = FontProperties(size=plt.rcParams["figure.titlesize"]).get_size_in_points()
+    fig.suptitle("\n".join(textwrap.wrap(title, _chars_across(fig, points))))
     fig.tight_layout()
     _figure_legend(fig, legend_title, extra, ncol)
 
@@ -748,7 +760,7 @@ def paired_delta(df: pd.DataFrame, reference_T: float | None = None, value: str 
             ax.set_title(_panel_title(key, tag), fontsize=8)
         _fit_y(axes, ranges, shared)
     n = int(d["n"].max()) if len(d) else 0
-    _finish(fig, f"Paired difference against T = {ref:g} of the same method",
+    _finish(fig, f"Paired difference vs T = {ref:g} (same method)",
             f"paired Δ, mean over seeds (n={n}); shaded: paired 95 % interval")
     return fig
 

@@ -748,3 +748,17 @@ def test_accuracy_axes_stop_a_little_past_100():
     lo, hi = ax.get_ylim()
     assert lo < 0 and 100 < hi <= 100 + 0.1 * 100 + 1e-9  # the band is cut at [0, 100]
     assert figures.overlapping_texts(ax.figure) == []
+
+
+@pytest.mark.parametrize("draw", [figures.acc_vs_temperature, figures.relational, figures.paired_delta])
+def test_a_one_panel_figure_wraps_its_title_and_caption_instead_of_widening(draw):
+    """The title, the caption and the legend's columns fit the panel's width: the saved (tight)
+    figure is no wider than the figure itself, and the title is one line when it fits."""
+    fig = draw(fig5_table())
+    fig.canvas.draw()
+    width = fig.get_tightbbox(fig.canvas.get_renderer()).width
+    assert width <= fig.get_size_inches()[0] * 1.02
+    assert figures.overlapping_texts(fig) == []
+    title = fig._suptitle.get_text()
+    assert len(title.replace("\n", " ")) > 40 or "\n" not in title
+    plt.close(fig)
