@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ from tstudy.study import REFERENCE_TEMPERATURE as REFERENCE_T
 
 SELECTS = ("final", "best", "val")
 TEACHERLESS = "ce"  # the student without a teacher: the baseline every gain is measured against
+FEW_SEEDS = 5  # below it, paired tests over seeds (df = n - 1) tell only large gaps apart
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,7 @@ def _record(g: pd.DataFrame, setting: dict, label: str, unit: list[str], chosen:
         "n_seeds": int(at_best.notna().sum()),
         "smoothed_temperature": _num(smooth.mean),
         "smoothed_ci": _ci(smooth),
+        "best_at_edge": grid_edge(best, [float(t) for t in m_sel.columns]),
         "reference_temperature": float(reference_T),
         "delta_vs_ce": _num(d_ce.mean) if d_ce else None,
         "delta_vs_ce_ci": _ci(d_ce),
@@ -223,6 +226,14 @@ def _record(g: pd.DataFrame, setting: dict, label: str, unit: list[str], chosen:
     }
     rec["sentence"] = sentence(rec)
     return rec
+
+
+def grid_edge(best: float, temps: Sequence[float]) -> str | None:
+    """"lowest"/"highest" when ``best`` is the grid's smallest/largest of 3 or more temperatures:
+    the optimum may lie beyond the grid; None otherwise."""
+    if len(temps) < 3:
+        return None
+    return "lowest" if best == min(temps) else "highest" if best == max(temps) else None
 
 
 def _plain(v: object) -> object:
@@ -258,6 +269,12 @@ def sentence(r: dict) -> str:
     others = [t for t in r["near_best_temperatures"] if t != r["best_temperature"]]
     s += (f"; T = {', '.join(_t(t) for t in others)} {'is' if len(others) == 1 else 'are'} not distinguishable "
           "from it" if others else "; every other T is significantly worse")
+    if len(others) == len(r["temperatures"]) - 1 and 1 < r["n_seeds"] < FEW_SEEDS and others:
+        s += f" (with {r['n_seeds']} seeds only large gaps are significant: run {FEW_SEEDS} or more)"
+    if r.get("best_at_edge"):
+        beyond = "below" if r["best_at_edge"] == "lowest" else "above"
+        s += (f"; T = {_t(r['best_temperature'])} is the {r['best_at_edge']} temperature tried, so the optimum "
+              f"may lie {beyond} it: extend the grid")
     if r["delta_vs_ce"] is not None:
         s += f"; {_gain(r['delta_vs_ce'], r['delta_vs_ce_ci'])} over the CE student"
     if r["delta_vs_kd_ref"] is not None and not _is_reference(r):
@@ -302,8 +319,10 @@ def records_table(records: list[dict]) -> pd.DataFrame:
             f"{r['value']} (95 % CI)": f"{r['acc_mean']:.2f} ({iv(r['ci_low'], r['ci_high'])})",
             "P(best)": f"{r['p_best']:.2f}",
             "near-best T": ", ".join(_t(t) for t in r["near_best_temperatures"]),
-            "smoothed T (CI)": f"{r['smoothed_temperature']:.3g}" + (
-                f" ({r['smoothed_ci'][0]:.3g} to {r['smoothed_ci'][1]:.3g})" if r["smoothed_ci"] else ""),
+            "smoothed T (CI)": {"lowest": "≤ ", "highest": "≥ "}.get(r.get("best_at_edge"), "")
+            + f"{r['smoothed_temperature']:.3g}" + (
+                f" ({r['smoothed_ci'][0]:.3g} to {r['smoothed_ci'][1]:.3g})"
+                if r["smoothed_ci"] and r["smoothed_ci"][0] != r["smoothed_ci"][1] else ""),
             "Δ vs CE (CI)": "-" if r["delta_vs_ce"] is None else f"{r['delta_vs_ce']:+.2f} ("
             + ("-" if r["delta_vs_ce_ci"] is None else f"{r['delta_vs_ce_ci'][0]:+.2f} to {r['delta_vs_ce_ci'][1]:+.2f}") + ")",
             f"Δ vs KD T={_t(r['reference_temperature'])} (CI)": "-" if r["delta_vs_kd_ref"] is None else

@@ -227,3 +227,20 @@ def test_recommend_cli_prints_json_records_and_the_analysis_module_reads_any_tab
     assert json.loads((root / "rec" / "tables" / "recommendation.json").read_text().splitlines()[0]) == rec
     assert main(["recommend", str(f), "--root", str(root), "--by", "optimiser"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("tstudy: error: --by: unknown field")
+
+
+@pytest.mark.parametrize("effect_T, edge", [(TEMPS[0], "lowest"), (TEMPS[-1], "highest"), (TEMPS[2], None)])
+def test_a_best_temperature_at_the_grids_edge_says_to_extend_the_grid(effect_T, edge):
+    r = one(R.recommend(table(effect_T=effect_T, effect=3.0), select="final"))
+    assert r["best_temperature"] == effect_T and r["best_at_edge"] == edge
+    assert ("extend the grid" in r["sentence"]) == (edge is not None)
+    smoothed = R.records_table([r])["smoothed T (CI)"].iloc[0]
+    assert smoothed.startswith({"lowest": "≤ ", "highest": "≥ ", None: ""}[edge] + f"{r['smoothed_temperature']:.3g}")
+    assert R.grid_edge(1.0, [1.0, 2.0]) is None  # with two temperatures every best is an edge: nothing to say
+
+
+@pytest.mark.parametrize("seeds, warned", [(3, True), (5, False)])
+def test_a_near_best_set_of_every_temperature_from_few_seeds_says_why(seeds, warned):
+    r = one(R.recommend(table(effect=0.0, seeds=seeds), select="final"))
+    assert r["near_best_temperatures"] == list(TEMPS)
+    assert ("only large gaps are significant" in r["sentence"]) == warned
