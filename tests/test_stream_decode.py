@@ -245,8 +245,9 @@ def test_subset_plans_and_indices(store, pools):
 
 @needs_tiny
 def test_real_tiny_imagenet(tmp_path, pools):
-    """200 real JPEGs of Tiny-ImageNet's train zip 0 (2 classes): store bytes as is, plans executed
-    identically by 0 and 4 workers, and bit-equal to torchvision's transforms."""
+    """200 real JPEGs of Tiny-ImageNet's train zip 0 (2 classes): store bytes as is, deterministic
+    plans executed identically by 0 and 4 workers, a resumed epoch equal to the uninterrupted one,
+    fixed shapes, train and test batches bit-equal to torchvision's transforms."""
     sub = tmp_path / "sub.zip"
     with zipfile.ZipFile(TINY_ZIP) as src, zipfile.ZipFile(sub, "w") as dst:
         names = [n for n in src.namelist() if n.endswith(".JPEG")]
@@ -263,8 +264,15 @@ def test_real_tiny_imagenet(tmp_path, pools):
     with DecoderPool(s) as p0, DecoderPool(s, workers=4) as p4:
         a = _train(p0, plan, bs=32, size=64)
         _assert_same(a, _train(p4, plan, bs=32, size=64))
-        _assert_same(list(p0.test_batches(64, 72, 64)), list(p4.test_batches(64, 72, 64)))
-    assert len(a) == 6 and a[0][0].shape == (32, 3, 64, 64)
+        _assert_same(a[4:], _train(p4, plan, bs=32, size=64, start=4))  # resumed at step 4 of 6
+        test = list(p0.test_batches(64, 72, 64))
+        _assert_same(test, list(p4.test_batches(64, 72, 64)))
+    assert len(a) == 6 and all(x.shape == (32, 3, 64, 64) for x, _ in a)
+    tf = T.Compose([T.Resize(72), T.CenterCrop(64)])
+    got = torch.cat([x for x, _ in test])
+    assert got.shape == (200, 3, 64, 64) and torch.cat([y for _, y in test]).tolist() == s.labels.tolist()
+    for i in range(0, 200, 23):
+        np.testing.assert_array_equal(got[i].permute(1, 2, 0).numpy(), np.asarray(tf(_pil(s, i))))
     for pos in range(0, 192, 17):
         i, box, flip = plan.order[pos], plan.boxes[pos], plan.flips[pos]
         img = TF.resized_crop(_pil(s, i), *(int(v) for v in box), [64, 64], antialias=True)
