@@ -80,17 +80,24 @@ def list_classes(train_dir: Path, what: str = "imagefolder") -> list[str]:
     return classes
 
 
-def list_images(split_dir: Path, label: dict[str, int], what: str = "imagefolder") -> list[tuple[Path, int]]:
-    """(file, label) for every image directly in ``split_dir/<class>/`` (hidden folders and
-    subfolders skipped), by class name then natural file name."""
-    items = []
+def class_entries(split_dir: Path, label: dict[str, int],
+                  what: str = "imagefolder") -> Iterator[tuple[os.DirEntry, int, list[os.DirEntry]]]:
+    """(class folder, its label, its image files) for every class folder of ``split_dir`` (hidden
+    folders and subfolders skipped), by class name then natural file name: the one listing rule of
+    both data paths (entries, so a caller that wants sizes stats without building paths)."""
     for e in sorted(os.scandir(split_dir), key=lambda e: e.name):
         if not e.is_dir() or e.name.startswith("."):
             continue
         if e.name not in label:
             raise DataError(f"{what}: class folder {e.path} is not among the train classes")
-        files = sorted((f.name for f in os.scandir(e.path) if f.is_file() and is_image(f.name)), key=natural_key)
-        items += [(Path(e.path) / f, label[e.name]) for f in files]
+        files = sorted((f for f in os.scandir(e.path) if f.is_file() and is_image(f.name)),
+                       key=lambda f: natural_key(f.name))
+        yield e, label[e.name], files
+
+
+def list_images(split_dir: Path, label: dict[str, int], what: str = "imagefolder") -> list[tuple[Path, int]]:
+    """(file, label) for every image directly in ``split_dir/<class>/`` (:func:`class_entries`)."""
+    items = [(Path(f.path), y) for _, y, files in class_entries(split_dir, label, what) for f in files]
     if not items:
         raise DataError(f"{what}: no images in {split_dir}/<class>/")
     return items

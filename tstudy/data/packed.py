@@ -164,7 +164,7 @@ def _ilsvrc_val(source: Path, classes: Sequence[str] | None, ground_truth: Path 
 def _listing(source: Path, layout: str) -> list[tuple[str, int]]:
     """(name, bytes) of the images in ``source`` (a listing and a stat each, nothing read); [] when
     there are none (the source gone, or its images deleted after packing)."""
-    from tstudy.data.files import list_images
+    from tstudy.data.files import class_entries
 
     if source.is_file() and zipfile.is_zipfile(source):
         with zipfile.ZipFile(source) as z:
@@ -174,11 +174,7 @@ def _listing(source: Path, layout: str) -> list[tuple[str, int]]:
     if layout == "ilsvrc_val":
         return sorted((e.name, e.stat().st_size) for e in os.scandir(source) if e.is_file() and is_image(e.name))
     folders = {e.name: 0 for e in os.scandir(source) if e.is_dir() and not e.name.startswith(".")}
-    try:
-        found = list_images(source, folders)
-    except DataError:  # no images
-        return []
-    return [(p.relative_to(source).as_posix(), p.stat().st_size) for p, _ in found]
+    return [(f"{c.name}/{f.name}", f.stat().st_size) for c, _, files in class_entries(source, folders) for f in files]
 
 
 def _listing_record(listing: list[tuple[str, int]]) -> dict:
