@@ -271,7 +271,7 @@ def sentence(r: dict) -> str:
           "from it" if others else "; every other T is significantly worse")
     if len(others) == len(r["temperatures"]) - 1 and 1 < r["n_seeds"] < FEW_SEEDS and others:
         s += f" (with {r['n_seeds']} seeds only large gaps are significant: run {FEW_SEEDS} or more)"
-    if r.get("best_at_edge"):
+    if r["best_at_edge"]:
         beyond = "below" if r["best_at_edge"] == "lowest" else "above"
         s += (f"; T = {_t(r['best_temperature'])} is the {r['best_at_edge']} temperature tried, so the optimum "
               f"may lie {beyond} it: extend the grid")
@@ -319,7 +319,7 @@ def records_table(records: list[dict]) -> pd.DataFrame:
             f"{r['value']} (95 % CI)": f"{r['acc_mean']:.2f} ({iv(r['ci_low'], r['ci_high'])})",
             "P(best)": f"{r['p_best']:.2f}",
             "near-best T": ", ".join(_t(t) for t in r["near_best_temperatures"]),
-            "smoothed T (CI)": {"lowest": "≤ ", "highest": "≥ "}.get(r.get("best_at_edge"), "")
+            "smoothed T (CI)": {"lowest": "≤ ", "highest": "≥ "}.get(r["best_at_edge"], "")
             + f"{r['smoothed_temperature']:.3g}" + (
                 f" ({r['smoothed_ci'][0]:.3g} to {r['smoothed_ci'][1]:.3g})"
                 if r["smoothed_ci"] and r["smoothed_ci"][0] != r["smoothed_ci"][1] else ""),

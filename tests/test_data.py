@@ -20,6 +20,7 @@ from tstudy.data import DATASETS, DataError, channel_stats, load_dataset, resize
 from tstudy.data import cifar, files, tinyimagenet
 
 SHARED_TINY = Path(__file__).parents[1].parent / "shared" / "data" / "tiny-imagenet-200"
+TINY_TRAIN0 = SHARED_TINY / "tiny-imagenet-200-train-0.zip"  # one of the four train zips: a real, small sample
 _HAVE_TINY = (SHARED_TINY / "tiny-imagenet-200-val.zip").is_file()
 if os.environ.get("CI") and not _HAVE_TINY:  # CI runs with ../shared beside the clone: never skip there
     raise RuntimeError(f"CI: Tiny-ImageNet zips not found in {SHARED_TINY}")
@@ -269,7 +270,7 @@ def test_cache_atomic_and_rebuilt_when_corrupt(tmp_path):
 
 def _subset_spec(n_train: int = 10) -> tuple[list[str], dict[str, list[str]], str]:
     """3 classes of train shard 0 (one holding a greyscale JPEG), n_train member names each."""
-    with zipfile.ZipFile(SHARED_TINY / "tiny-imagenet-200-train-0.zip") as z:
+    with zipfile.ZipFile(TINY_TRAIN0) as z:
         jpegs = sorted((n for n in z.namelist() if n.endswith(".JPEG")), key=files.natural_key)
         grey = next(n for n in jpegs if Image.open(io.BytesIO(z.read(n))).mode == "L")
     by_class: dict[str, list[str]] = {}
@@ -291,7 +292,7 @@ def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny")
     wnids, chosen, grey = _subset_spec()
     folder = base / "ext" / "tiny-imagenet-200"
-    with zipfile.ZipFile(SHARED_TINY / "tiny-imagenet-200-train-0.zip") as z:
+    with zipfile.ZipFile(TINY_TRAIN0) as z:
         for names in chosen.values():
             for n in names:
                 (base / "ext" / n).parent.mkdir(parents=True, exist_ok=True)

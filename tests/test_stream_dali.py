@@ -15,6 +15,7 @@ from tstudy.data.dali import DaliDecoder  # noqa: E402
 from tstudy.data.decode import DecoderPool  # noqa: E402
 from tstudy.data.packed import PackedStore, build_store  # noqa: E402
 
+from test_data import TINY_TRAIN0 as TINY_ZIP, needs_tiny  # noqa: E402 (../shared beside the checkout; never skipped under CI)
 from test_stream_store import make_folder  # noqa: E402
 
 # Measured on these synthetic JPEGs (30-120 px; DALI 2.4 CPU pipeline vs Pillow): mean |difference|
@@ -126,11 +127,6 @@ def test_streamed_run_trains_with_dali(tmp_path, capsys):
     assert isinstance(env.data(cfg).train_pool, DaliDecoder)
     if not torch.cuda.is_available():
         assert "DALI decodes on the CPU" in capsys.readouterr().err
-
-
-from test_data import SHARED_TINY, needs_tiny  # noqa: E402 (../shared beside the checkout; never skipped under CI)
-
-TINY_ZIP = SHARED_TINY / "tiny-imagenet-200-train-0.zip"
 
 
 def _mean_abs(dec, pool, plan, bs, size):

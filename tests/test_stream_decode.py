@@ -16,10 +16,8 @@ from tstudy.data import plan as P
 from tstudy.data.decode import DecoderPool, decode_test, decode_train
 from tstudy.data.packed import PackedStore, build_store
 
-from test_data import SHARED_TINY, needs_tiny  # ../shared beside the checkout; never skipped under CI
+from test_data import TINY_TRAIN0 as TINY_ZIP, needs_tiny  # ../shared beside the checkout; never skipped under CI
 from test_stream_store import make_folder  # synthetic mixed-size JPEGs (grey, CMYK, a disguised PNG)
-
-TINY_ZIP = SHARED_TINY / "tiny-imagenet-200-train-0.zip"
 
 
 @pytest.fixture(scope="module")

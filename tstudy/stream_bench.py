@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     workers = [int(w) for w in args.workers.split(",")]
     sets = args.sets.split(",")
+
     def log(msg: str) -> None:
         print(msg, flush=True)
 
