@@ -27,6 +27,8 @@ crosses (gid ``"diverged"``) at their temperature, never dropped silently.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import textwrap
 from typing import Iterable, Sequence
@@ -375,14 +377,34 @@ def _chars_across(fig: plt.Figure, points: float, em: float = 0.55) -> int:
     return max(20, int(fig.get_size_inches()[0] * 72 / (em * points)))
 
 
+_TITLE_NOTE: contextvars.ContextVar[str] = contextvars.ContextVar("title_note", default="")
+
+
+@contextlib.contextmanager
+def titled(note: str):
+    """Within this block every figure's title carries ``note`` as its last line (a study's
+    ``figure_note``, e.g. "small scale: ..."), so a figure cut out of its report still says it."""
+    token = _TITLE_NOTE.set(note or "")
+    try:
+        yield
+    finally:
+        _TITLE_NOTE.reset(token)
+
+
+def _title(fig: plt.Figure, title: str) -> str:
+    """``title`` wrapped to the figure's width, with the note of :func:`titled` as the last line."""
+    across = _chars_across(fig, FontProperties(size=plt.rcParams["figure.titlesize"]).get_size_in_points())
+    note = _TITLE_NOTE.get()
+    return "\n".join(textwrap.wrap(title, across) + (textwrap.wrap(f"({note})", across) if note else []))
+
+
 def _finish(fig: plt.Figure, title: str, legend_title: str, extra: list | None = None, ncol: int = 4) -> None:
-    points = FontProperties(size=plt.rcParams["figure.titlesize"]).get_size_in_points()
-    fig.suptitle("\n".join(textwrap.wrap(title, _chars_across(fig, points))))
+    fig.suptitle(_title(fig, title))
     fig.tight_layout()
     _figure_legend(fig, legend_title, extra, ncol)
 
 
-def _legend_title(n: int, band: str, what: str = SPREAD) -> str:
+def _legend_title(n: int | str, band: str, what: str = SPREAD) -> str:
     return f"{what} (n={n}); {band_caption(band)}"
 
 
@@ -418,14 +440,27 @@ def acc_vs_temperature(df: pd.DataFrame, value: str = "acc1", methods: Sequence[
         _fit_y(axes, ranges, shared, ACC_CEILING)
         for ax, (key, _, _) in zip(axes, row):
             _teacher(ax, teachers, _select(students, key), value)
-    _finish(fig, title, _legend_title(_max_seeds(students), band))
+    _finish(fig, title, _legend_title(_seeds_per_point(students), band))
     return fig
 
 
-def _max_seeds(sel: pd.DataFrame) -> int:
-    """How many seeds the finished runs span (the n of the legend)."""
+def _seeds_per_point(sel: pd.DataFrame) -> str:
+    """How many seeds each point's mean is over (the n of the legend): ``"3"``, or ``"2-3"`` when
+    the methods' or temperatures' finished runs have different numbers of seeds."""
     ok = sel[sel["status"] == "done"] if "status" in sel else sel
-    return int(ok["seed"].nunique()) if "seed" in ok else 0
+    if "seed" not in ok:
+        return "0"
+    keys = [c for c in ("method_label", "temperature") if c in ok]
+    per = ok.groupby([ok[c].fillna(-1) for c in keys])["seed"].nunique() if keys else ok["seed"].agg(["nunique"])
+    return _count_range(per)
+
+
+def _count_range(counts: pd.Series) -> str:
+    """``"3"`` when every count is 3, ``"3–5"`` when they range from 3 to 5 (``"0"``: none)."""
+    if counts.empty:
+        return "0"
+    lo, hi = int(counts.min()), int(counts.max())
+    return f"{hi}" if lo == hi else f"{lo}\u2013{hi}"
 
 
 def _ordered_labels(students: pd.DataFrame, methods: Sequence[str] | None) -> list[str]:
@@ -536,7 +571,7 @@ def acc_vs_temperature_by_duration(df: pd.DataFrame, method: str | None = None, 
             _teacher(ax, teachers, _select(students[students["method_label"] == m], key), value)
     _finish(fig, "Accuracy vs temperature by training length" + (f" ({methods[0]})" if len(methods) == 1
                                                                   else ", per method"),
-            _legend_title(_max_seeds(students), band))
+            _legend_title(_seeds_per_point(students), band))
     return fig
 
 
@@ -628,7 +663,7 @@ def early_vs_final(df: pd.DataFrame, early_epoch: int | None = None, value: str 
         _teacher(ax_f, teachers, sel, value)
     star = Line2D([], [], marker="*", ms=9, ls="none", color="0.5", markeredgecolor="black", markeredgewidth=0.5)
     _finish(fig, "An earlier epoch (left) vs the last epoch (right) of the same runs",
-            _legend_title(_max_seeds(final), band), extra=[(star, "best T of the method (highest mean)")])
+            _legend_title(_seeds_per_point(final), band), extra=[(star, "best T of the method (highest mean)")])
     return fig
 
 
@@ -693,7 +728,8 @@ def sorted_softmax(profile_logits: np.ndarray | torch.Tensor, temperatures: Sequ
     handles = [Patch(color=colors[len(temps) // 2], label="teacher: σ(v/T) sorted per sample, mean over "
                      "training samples (colour: T)"),
                Patch(color="0.6", label=f"label smoothing with the same entropy (max: log C = {math.log(c):.2f} nats)")]
-    fig.suptitle(title or "Teacher's mean sorted softmax (colour) vs entropy-matched label smoothing (grey)")
+    fig.suptitle(_title(fig, title or "Teacher's mean sorted softmax (colour) vs entropy-matched label smoothing "
+                                      "(grey)"))
     fig.tight_layout()
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7, bbox_to_anchor=(0.5, -0.06), frameon=False)
     return fig
@@ -759,9 +795,9 @@ def paired_delta(df: pd.DataFrame, reference_T: float | None = None, value: str 
             ax.set_ylabel(f"Δ test {value} vs T = {ref:g} (points)")
             ax.set_title(_panel_title(key, tag), fontsize=8)
         _fit_y(axes, ranges, shared)
-    n = int(d["n"].max()) if len(d) else 0
     _finish(fig, f"Paired difference vs T = {ref:g} (same method)",
-            f"paired Δ, mean over seeds (n={n}); shaded: paired 95 % interval")
+            f"paired Δ, mean over seeds (n={_count_range(d['n']) if len(d) else '0'}); "
+            "shaded: paired 95 % interval")
     return fig
 
 

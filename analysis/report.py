@@ -116,7 +116,8 @@ def write_report(study: Study, store: RunStore, band: str = "ci") -> list[Path]:
 
     def add(stem: str, heading: str, caption: str, make: Callable[[], object]) -> None:
         try:
-            fig = make()
+            with figures.titled(study.figure_note):
+                fig = make()
         except Exception as e:  # noqa: BLE001 - one broken figure must not lose the others
             warnings.warn(f"figure {stem}: {type(e).__name__}: {e}")
             problems.append(f"- figure `{stem}` could not be drawn: {type(e).__name__}: {e}")
@@ -178,8 +179,9 @@ def write_report(study: Study, store: RunStore, band: str = "ci") -> list[Path]:
         records = []
     best = tables.best_temperature_table(df)
     entropy = tables.teacher_entropy_table(profiles, temps) if profiles else pd.DataFrame()
+    baselines = tables.baseline_table(df)
     tdir = store.study_dir / "tables"
-    for name, t in (("best_temperature", best), ("teacher_entropy", entropy)):
+    for name, t in (("best_temperature", best), ("teacher_entropy", entropy), ("vs_baselines", baselines)):
         if len(t):
             tdir.mkdir(parents=True, exist_ok=True)
             p = tdir / f"{name}.csv"
@@ -202,6 +204,11 @@ def write_report(study: Study, store: RunStore, band: str = "ci") -> list[Path]:
                  "seeds; the runner-up temperature, and whether the two mean ± std intervals overlap. Overlapping "
                  "bands do not mean \"no difference\": the paired analysis above is the evidence.\n")
     lines.append(tables.md_table(tables.format_best_table(best)))
+    if len(baselines):
+        lines.append("## Paired differences against the CE and KD students\n\nFinal test acc1 of each method at each T "
+                     "minus the CE student's, KD's at the same T and KD's at its best T (by the mean), seed by seed, "
+                     "with the 95 % t interval over the paired seeds (n seeds in both).\n")
+        lines.append(tables.md_table(tables.format_baseline_table(baselines)))
     if records:
         lines.append("## Expected best accuracy vs the number of temperatures tried\n\nDodge et al. (2019): the "
                      "expected best accuracy (on the split that selects T) after trying n temperatures of this grid, "

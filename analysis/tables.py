@@ -1,4 +1,5 @@
-"""Tables: the best temperature per setting, and the teacher's softmax entropy per temperature."""
+"""Tables: the best temperature per setting, paired differences against the CE and KD students,
+and the teacher's softmax entropy per temperature."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import figures
+from analysis import figures, stats
 from analysis.profiles import TeacherProfile
 from tstudy import losses as L
 
@@ -48,6 +49,62 @@ def best_temperature_table(df: pd.DataFrame, value: str = "acc1") -> pd.DataFram
                            overlap=bool(abs(b["mean"] - r["mean"]) <= b["std"] + r["std"]))
         out.append(rec)
     return pd.DataFrame(out)
+
+
+BASELINE_COLUMNS = ["method_label", "temperature", "baseline", "baseline_T", "n", "delta_mean", "delta_low",
+                    "delta_high", "kind"]
+
+
+def baseline_table(df: pd.DataFrame, value: str = "acc1") -> pd.DataFrame:
+    """Per setting, method and temperature: the final test ``value`` minus that of a baseline
+    student of the same setting, paired by seed (``n`` seeds in both), with the 95 % interval of
+    :func:`analysis.stats.paired_difference`. Baselines: ``ce`` (the student without a teacher),
+    ``kd`` at the same T, and ``kd`` at its best T by the mean (``kd_best``: what a method with a
+    learned or per-sample T must beat). Finished runs only; a baseline missing gives no row."""
+    rows = figures.final_test_rows(df) if not df.empty and "split" in df else pd.DataFrame()
+    if rows.empty:
+        return pd.DataFrame(columns=BASELINE_COLUMNS)
+    st = rows[(rows["role"] == "student") & (rows["status"] == "done")]
+    keys = figures.settings(st)
+    out = []
+    for key, g in (st.groupby(keys, dropna=False, sort=True) if keys else [((), st)]):
+        rec = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        g = g.assign(temperature=g["temperature"].fillna(-1.0))  # ce: no temperature
+        by_seed = {(m, t): col for m, x in g.groupby("method_label", sort=True)
+                   for t, col in stats.seed_matrix(x, value).items()}
+        kd = {t: v for (m, t), v in by_seed.items() if m == "kd" and t > 0}
+        kd_best = max(kd, key=lambda t: (kd[t].mean(), -t)) if kd else None
+        for (m, t), v in by_seed.items():
+            if m == "ce":
+                continue
+            base = [("ce", None, by_seed.get(("ce", -1.0)))]
+            if m != "kd" and t > 0:
+                base.append(("kd", t, kd.get(t)))
+            if m != "kd" and kd_best is not None:
+                base.append(("kd_best", kd_best, kd[kd_best]))
+            for name, bt, b in base:
+                if b is None:
+                    continue
+                d = stats.paired_difference(v, b)
+                out.append({**rec, "method_label": m, "temperature": t if t > 0 else np.nan, "baseline": name,
+                            "baseline_T": bt, "n": d.n, "delta_mean": d.mean, "delta_low": d.low,
+                            "delta_high": d.high, "kind": d.kind})
+    return pd.DataFrame(out, columns=[*keys, *BASELINE_COLUMNS])
+
+
+def format_baseline_table(t: pd.DataFrame) -> pd.DataFrame:
+    """``baseline_table`` with readable columns (strings) for report.md."""
+    if t.empty:
+        return t
+    out = t.drop(columns=["baseline", "baseline_T", "delta_mean", "delta_low", "delta_high", "kind"]).copy()
+    out["temperature"] = t["temperature"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
+    out.insert(out.columns.get_loc("temperature") + 1, "against", [
+        b if b == "ce" else f"kd T={bt:g}" + (" (its best)" if b == "kd_best" else "")
+        for b, bt in zip(t["baseline"], t["baseline_T"])])
+    out["difference (95 % interval)"] = [
+        f"{m:+.2f}" + ("" if k == "none" else f" [{lo:+.2f}, {hi:+.2f}]")
+        for m, lo, hi, k in zip(t["delta_mean"], t["delta_low"], t["delta_high"], t["kind"])]
+    return out.astype(str)
 
 
 def format_best_table(t: pd.DataFrame, value: str = "acc1") -> pd.DataFrame:

@@ -762,3 +762,23 @@ def test_a_one_panel_figure_wraps_its_title_and_caption_instead_of_widening(draw
     title = fig._suptitle.get_text()
     assert len(title.replace("\n", " ")) > 40 or "\n" not in title
     plt.close(fig)
+
+
+def test_a_study_figure_note_ends_every_title_and_the_legend_counts_seeds_per_point():
+    """``figures.titled`` (a study's ``figure_note``) puts the note under each title, without
+    overlap; a table whose points have 2 or 3 seeds says n=2–3, not the largest count."""
+    rows = []
+    for seed in (0, 1, 2):
+        rows += student_rows("kd", 1, seed, 50.0 + seed) + student_rows("kd", 4, seed, 52.0 + seed)
+    rows += student_rows("ttm", 1, 0, 55.0) + student_rows("ttm", 1, 1, 56.0)
+    with figures.titled("small scale, CPU"):
+        fig = figures.acc_vs_temperature(frame(rows))
+    assert fig._suptitle.get_text().endswith("\n(small scale, CPU)")
+    assert figures.overlapping_texts(fig) == []
+    legend = " ".join(t.get_text() for lg in fig.legends for t in [lg.get_title()])
+    assert "(n=2\u20133)" in legend
+    assert "small scale" not in figures.acc_vs_temperature(frame(rows))._suptitle.get_text()
+    rows += student_rows("ttm", 4, 0, 57.0) + student_rows("ttm", 4, 1, 58.0)  # ttm's pairs: 2 seeds, kd's: 3
+    legend = " ".join(t.get_text() for lg in figures.paired_delta(frame(rows)).legends for t in [lg.get_title()])
+    assert "(n=2\u20133)" in legend
+    plt.close("all")

@@ -48,7 +48,7 @@ def test_graph_safe_methods():
 
 
 def test_cuda_graphs_mode_checked():
-    with pytest.raises(ConfigError, match=r"^cuda_graphs: unknown value 'on'; valid: auto, off$"):
+    with pytest.raises(ConfigError, match=r"^--cuda-graphs: unknown value 'on'; valid: auto, off$"):
         RunEnv(cuda_graphs="on")
 
 

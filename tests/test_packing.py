@@ -56,6 +56,9 @@ def test_packed_runs_resume_from_different_epochs(tmp_path, teacher_cfg, kd_cfg)
         train_run(teacher_cfg, s, RunEnv())
     train_run(a, store, RunEnv(stop_after_epoch=2))  # a is at epoch 2, b not started
     assert {s.status for s in train_runs([a, b], store, RunEnv()).values()} == {DONE}
+    log = (store.run_dir(a) / "log.txt").read_text()  # the log names where a run resumed
+    assert log.count("resumed from its checkpoint after epoch 2\n") == 1
+    assert "resumed" not in (store.run_dir(b) / "log.txt").read_text()
     for c in (a, b):
         train_run(c, ref, RunEnv())
         x = pd.read_parquet(store.run_dir(c) / "metrics.parquet").drop(columns=DROP)

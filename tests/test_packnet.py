@@ -253,7 +253,7 @@ def test_bf16_autocast_forward():
 
 # --------------------------------------------------------------------------- engine
 def test_pack_mode_choice():
-    with pytest.raises(ConfigError, match="pack_mode"):
+    with pytest.raises(ConfigError, match="^--pack-mode: unknown value"):
         RunEnv(pack_mode="fast")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not _use_network(RunEnv(), cpu, 8) and _use_network(RunEnv(), cuda, 8)

@@ -72,7 +72,7 @@ def test_runs_of_one_seed_start_equal_and_see_the_same_batches(tmp_path, monkeyp
         assert train_run(c, alone, env).status == DONE
     seen_alone = {c.run_id: rec.batches.pop(c.run_id) for c in paired + controls}
     initial_alone = {c.run_id: rec.initial.pop(c.run_id) for c in paired + controls}
-    env.pack_mode = "network"
+    env.machine = env.machine.replace(pack_mode="network")
     states = train_runs(packable, packed, env)
     assert {s.status for s in states.values()} == {DONE}
     assert "packed network of 8 runs" in (packed.run_dir(packable[0]) / "log.txt").read_text()

@@ -21,6 +21,7 @@ from tstudy.cli import main
 from tstudy.executors import workers
 from tstudy.executors.workers import SKIPPED, Progress, run_packs
 from tstudy.lock import LockHeld, RunLock
+from tstudy.machine import Machine
 from tstudy.method_specs import method_spec
 from tstudy.planning import Pack
 from tstudy.store import DONE, FAILED, INCOMPLETE, RUNNING, RunStore, write_status
@@ -172,7 +173,7 @@ def test_students_say_once_that_they_wait_for_a_teacher_trained_elsewhere(tmp_pa
     lines: list[str] = []
     progress = Progress(2, 1, tty=False, out=io.StringIO(), say=lines.append)
     packs = [Pack((student,), after=teacher.run_id), Pack((student.replace(temperature=2.0),), after=teacher.run_id)]
-    out = run_packs(packs, store, workers.EnvSpec(), progress=progress, env=SimpleNamespace())
+    out = run_packs(packs, store, Machine(), progress=progress, env=SimpleNamespace())
     assert {o.status for o in out.values()} == {SKIPPED} and len(polls) == 5
     waiting = [ln for ln in lines if ln.startswith("waiting for teacher")]
     assert waiting == [f"waiting for teacher {teacher.run_id}, trained by pid 4242 on host another-host.invalid "

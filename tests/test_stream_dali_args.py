@@ -135,9 +135,10 @@ def test_decoder_dali_without_dali_exits_2_naming_the_extra(tmp_path, capsys, no
 def test_decoder_is_a_machine_setting():
     from tstudy.engine import RunEnv
     from tstudy.errors import ConfigError
-    from tstudy.executors.workers import EnvSpec, _make_env
+    from tstudy.executors.workers import _make_env
+    from tstudy.machine import Machine
 
-    assert RunEnv().decoder == "cpu" and EnvSpec().decoder == "cpu"
-    assert _make_env(EnvSpec(decoder="dali")).decoder == "dali"
+    assert RunEnv().machine.decoder == "cpu" and Machine().decoder == "cpu"
+    assert _make_env(Machine(decoder="dali")).machine.decoder == "dali"
     with pytest.raises(ConfigError, match="--decoder"):
         RunEnv(decoder="gpu")

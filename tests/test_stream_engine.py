@@ -11,6 +11,7 @@ from PIL import Image
 
 from tstudy import RunConfig
 from tstudy.engine import RunEnv, train_run, train_runs
+from tstudy.machine import Machine
 from tstudy.errors import ConfigError
 from tstudy.store import DONE, INCOMPLETE, RunStore
 
@@ -94,6 +95,7 @@ def test_device_path_resumes_within_an_epoch(tmp_path, teacher_cfg, kd_cfg):
     assert train_run(kd_cfg, cut, env).status == DONE
     cols = ["epoch", "split", "acc1", "acc5", "loss", "train_loss"]
     pd.testing.assert_frame_equal(metrics(ref, kd_cfg)[cols], metrics(cut, kd_cfg)[cols], check_exact=True)
+    assert "resumed from its checkpoint after epoch 1 and step 3 of epoch 2\n" in (cut.run_dir(kd_cfg) / "log.txt").read_text()
 
 
 def test_rrc_flip_only_where_images_are_files():
@@ -292,7 +294,7 @@ def test_slurm_job_checkpoints_then_hands_over_to_submitit(tmp_path, teacher_cfg
     old = signal.signal(workers.preempt_signal(), submitit_handler)
     try:
         with pytest.raises(SystemExit):
-            TrainJob([[teacher_cfg]], str(tmp_path), "s", "cpu", checkpoint_steps=5)()
+            TrainJob([[teacher_cfg]], str(tmp_path), "s", Machine(checkpoint_steps=5))()
     finally:
         signal.signal(workers.preempt_signal(), old)
         engine._CHECKPOINT_NOW.clear()

@@ -182,3 +182,44 @@ def test_study_file_imports_a_helper_beside_it(tmp_path):
     import sys
 
     assert str(tmp_path) not in sys.path  # restored afterwards
+
+
+def test_only_selects_a_chunk_with_its_teacher_and_keeps_the_run_ids(tmp_path, capsys):
+    from tstudy.cli import main
+    from tstudy.study import parse_only, restrict
+
+    path = tmp_path / "s.py"
+    path.write_text(
+        "from tstudy import RunConfig, Study\n"
+        "t = RunConfig(dataset='digits', model='mlp_l', epochs=2)\n"
+        "study = Study('s', RunConfig(dataset='digits', model='mlp_s', teacher=t, method='kd', epochs=2),\n"
+        "              axes={'method': ['ce', 'kd', 'ttm'], 'temperature': [1, 4]}, seeds=[0, 1])\n")
+    study = load_study(path)
+    chunk = restrict(study, parse_only(["method=ce,kd", "temperature=4"]))
+    ids = {r.run_id: r for r in study.runs()}
+    got = chunk.runs()
+    assert got[0].run_id == study.runs()[0].run_id  # the teacher comes along
+    assert {(r.method, r.temperature) for r in chunk.students()} == {("ce", None), ("kd", 4.0)}
+    assert all(r.run_id in ids for r in got) and len(chunk.students()) == 4  # ce ignores T; 2 seeds
+    assert main(["plan", str(path), "--root", str(tmp_path / "r"), "--only", "method=ttm", "--seeds", "1"]) == 0
+    assert "3 runs (1 teacher, 2 students)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, line", [
+    ("method", "--only: expected FIELD=VALUE[,VALUE...], got 'method'"),
+    ("colour=red", "--only: unknown field 'colour'; valid: "),
+    ("teacher=x", "--only: teacher cannot be selected by value"),
+    ("method=dkd", "--only: method=dkd selects none of the 6 student runs of study 'quickstart'"),
+])
+def test_only_mistakes_are_one_line(flag, line, capsys):
+    from tstudy.cli import main
+
+    assert main(["plan", "studies/quickstart.py", "--only", flag, "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert line in err and err.count("\n") == 1
+
+
+def test_figure_note_is_a_string_and_changes_no_run_id():
+    with pytest.raises(ConfigError, match="^figure_note: expected a string, got int$"):
+        Study("s", RunConfig(), figure_note=3)
+    assert Study("s", RunConfig(), figure_note="small").runs()[0].run_id == RunConfig().run_id

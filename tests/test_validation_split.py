@@ -22,7 +22,7 @@ from tstudy.results import collect
 from tstudy.store import DONE, RunStore, repair_status
 
 LEGACY = Path(__file__).with_name("data") / "legacy_root.tar.gz"
-TIMING = ["wall_time_s", "images_per_s", "host", "git_commit"]
+TIMING = ["wall_time_s", "images_per_s", "host", "git_commit", "threads"]  # timing and provenance
 
 
 @pytest.mark.parametrize("bad", [0.7, -0.1, float("nan"), 1])
@@ -120,10 +120,68 @@ def test_without_val_fraction_a_run_writes_what_it_always_did(tmp_path):
     old = tmp_path / "legacy" / "root" / "beta" / "runs" / teacher.run_id
     store = RunStore(tmp_path / "new", "s")
     assert train_run(teacher, store, RunEnv()).status == DONE
-    a, b = (pd.read_parquet(d / "metrics.parquet").drop(columns=TIMING) for d in (old, store.run_dir(teacher)))
+    a, b = (pd.read_parquet(d / "metrics.parquet").drop(columns=TIMING, errors="ignore") for d in (old, store.run_dir(teacher)))
     pd.testing.assert_frame_equal(a, b)
     assert set(b["split"]) == {"train", "test"}
     status = [json.loads((d / "status.json").read_text()) for d in (old, store.run_dir(teacher))]
     assert status[0].keys() == status[1].keys()
     df, _ = collect(Study("s", teacher), store)
     assert set(df["val_fraction"]) == {0.0} and df["pair_id"].iloc[0] == teacher.pair_id
+
+
+# ------------------------------------------------------------------ train_per_class (the subset)
+from tstudy.data import DataSplits  # noqa: E402
+from tstudy.data.validation import training_splits, training_subset  # noqa: E402
+
+
+@pytest.mark.parametrize("bad", [0, -3, 10**8])
+def test_train_per_class_out_of_range_is_one_line(bad):
+    with pytest.raises(ConfigError, match=r"^train_per_class: must be None \(every training image\) or in 1\.\.") as e:
+        RunConfig(train_per_class=bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="^train_per_class: "):
+        RunConfig(train_per_class="many")
+
+
+def test_train_per_class_keeps_old_ids_is_a_data_field_and_refused_when_streamed(kd_cfg):
+    assert RunConfig(train_per_class=None).run_id == RunConfig().run_id
+    cfg = kd_cfg.replace(train_per_class=30, teacher=kd_cfg.teacher.replace(train_per_class=30))
+    assert cfg.canonical()["train_per_class"] == 30 and cfg.run_id != kd_cfg.run_id
+    assert cfg.pair_id != kd_cfg.pair_id and pack_key(cfg) != pack_key(kd_cfg)
+    with pytest.raises(ConfigError, match=r"^teacher.train_per_class: None differs from the student's 30$"):
+        kd_cfg.replace(train_per_class=30)
+    study = Study("s", kd_cfg, axes={"temperature": [1, 4]}).override({"train_per_class": 30})
+    assert {r.train_per_class for r in study.runs()} == {30}  # the teacher too
+    with pytest.raises(ConfigError, match="^train_per_class: the streamed data path"):
+        RunConfig(dataset="imagenet", model="tv_resnet18", train_per_class=10)
+
+
+def _splits(labels: list[int]) -> DataSplits:
+    y = torch.tensor(labels)
+    x = torch.arange(len(labels), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous()
+    return DataSplits("toy", x, y, x[:2], y[:2], 3, (0.5,), (0.25,))
+
+
+def test_subset_keeps_the_first_images_of_each_class_in_order_then_the_split_is_carved_from_it():
+    labels = [2, 0, 0, 1, 0, 2, 0, 1, 2, 2, 0]
+    s = training_subset(_splits(labels), 2)
+    assert s.train_x[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 5, 7]  # dataset order; class 0's 4th, 6th, 10th gone
+    assert s.train_y.tolist() == [2, 0, 0, 1, 2, 1]
+    assert training_subset(_splits(labels), None) is not None
+    whole = training_subset(_splits(labels), 100)  # a class with fewer keeps all of them
+    assert whole.train_y.tolist() == labels
+    both = training_splits(_splits(labels), 3, 0.34)
+    kept = set(training_subset(_splits(labels), 3).train_x[:, 0, 0, 0].tolist())
+    seen = both.train_x[:, 0, 0, 0].tolist() + both.val_x[:, 0, 0, 0].tolist()
+    assert sorted(seen) == sorted(kept) and both.val_y.numel() == 3  # one of each class's three held out
+    assert torch.equal(both.test_x, _splits(labels).test_x)
+
+
+def test_a_run_trains_on_the_subset(tmp_path, kd_cfg):
+    teacher = kd_cfg.teacher.replace(train_per_class=20, val_fraction=0.1, epochs=1, milestones=())
+    env = RunEnv()
+    assert train_run(teacher, RunStore(tmp_path, "s"), env).status == DONE
+    data = env.data(teacher)
+    assert torch.bincount(data.train_y).tolist() == [18] * 10 and data.val_y.numel() == 20
+    rows = pd.read_parquet(RunStore(tmp_path, "s").run_dir(teacher) / "metrics.parquet")
+    assert set(rows["split"]) == {"train", "test", "val"}

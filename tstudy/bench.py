@@ -21,7 +21,8 @@ of CIFAR-100's shape (50,000 train images) is used, and the JSON says so.
 On the CPU (or with ``--tiny``) a tiny version runs (small models and images, a few steps) so
 that CI exercises the code; its numbers mean nothing.
 
-``--bookkeeping N`` times the bookkeeping commands on a root of N finished runs instead
+``--cpu`` times the CPU training step instead (layout, bf16, torch.compile, packing, workers x
+threads: :mod:`tstudy.cpu_bench`). ``--bookkeeping N`` times the bookkeeping commands on a root of N finished runs instead
 (:mod:`tstudy.bookkeeping_bench`).
 """
 from __future__ import annotations
@@ -172,6 +173,10 @@ def main(argv: list[str] | None = None) -> dict:
     from tstudy import stream_bench
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--cpu" in argv:
+        from tstudy import cpu_bench
+
+        return cpu_bench.main(argv)
     if stream_bench.requested(argv):
         if "--train" in argv:
             from tstudy import stream_train_bench

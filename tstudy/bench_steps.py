@@ -21,10 +21,12 @@ def kd_loss(z: torch.Tensor, v: torch.Tensor, y: torch.Tensor, T: float) -> torc
 
 class EngineGroup:
     """What :func:`engine_group` yields: ``step(i, (x, y))`` (the engine's group step; raises if a
-    method failed), the students' configs, and ``info()`` (the CUDA-graph note, the packed impl)."""
+    method failed), the students' configs and the engine's students (their models; after a packed
+    step, ``pack.sync()`` first), and ``info()`` (the CUDA-graph note, the packed impl)."""
 
-    def __init__(self, cfgs, group_step, impl: str | None) -> None:
+    def __init__(self, cfgs, group_step, impl: str | None, students: list | None = None, pack=None) -> None:
         self.cfgs, self.group_step, self.impl = cfgs, group_step, impl
+        self.students, self.pack = students or [], pack
 
     def step(self, i: int, xy) -> None:
         if self.group_step(*xy, i):
@@ -44,7 +46,8 @@ def engine_group(data, dataset: str, teacher_name: str, student_name: str, batch
     (``engine.group_step``) on ``data`` (a ``DeviceData`` or a streamed ``StreamData``): one
     teacher forward (randomly initialised, frozen), then ``_Student.step`` each in turn
     (``mode="sequential"``) or ``_PackedGroup.step`` (``mode="network"``); with ``graphs`` (and
-    CUDA) replayed as a CUDA graph, as the engine does. ``compile``: the networks' forwards
+    CUDA) replayed as a CUDA graph, as the engine does. ``teacher_name`` None: ``k`` teacher-less
+    ``ce`` runs instead (a teacher's own training step). ``compile``: the networks' forwards
     through ``torch.compile`` (an experiment: the engine does not compile). ``cfg_fields``: more
     ``RunConfig`` fields (e.g. ``image_size``, ``augment``). Run directories live in a temporary
     folder for the duration."""
@@ -56,18 +59,20 @@ def engine_group(data, dataset: str, teacher_name: str, student_name: str, batch
     device = data.device
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp), "bench")
-        tcfg = RunConfig(dataset=dataset, model=teacher_name, epochs=1, **cfg_fields)
-        teacher = engine.build_network(tcfg, data).to(device).eval()
-        if data.channels_last:
-            teacher.to(memory_format=torch.channels_last)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        store.run_dir(tcfg).mkdir(parents=True, exist_ok=True)
-        if isinstance(data, DeviceData):  # as a finished teacher run leaves it (kd itself does not read it)
-            engine.write_teacher_profile(store.run_dir(tcfg), teacher, data, "fp32")
-        cfgs = [RunConfig(dataset=dataset, model=student_name, teacher=tcfg, method="kd",
-                          temperature=float(t + 1), batch_size=batch, epochs=240, precision=precision,
-                          **cfg_fields)
+        tcfg = RunConfig(dataset=dataset, model=teacher_name, epochs=1, **cfg_fields) if teacher_name else None
+        teacher = None
+        if tcfg is not None:
+            teacher = engine.build_network(tcfg, data).to(device).eval()
+            if data.channels_last:
+                teacher.to(memory_format=torch.channels_last)
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            store.run_dir(tcfg).mkdir(parents=True, exist_ok=True)
+            if isinstance(data, DeviceData):  # as a finished teacher run leaves it (kd itself does not read it)
+                engine.write_teacher_profile(store.run_dir(tcfg), teacher, data, "fp32")
+        kd = dict(teacher=tcfg, method="kd") if tcfg is not None else dict(method="ce")
+        cfgs = [RunConfig(dataset=dataset, model=student_name, **kd, temperature=float(t + 1), batch_size=batch,
+                          epochs=240, precision=precision, **cfg_fields)
                 for t in range(k)]
         for c in cfgs:
             store.run_dir(c).mkdir(parents=True, exist_ok=True)
@@ -80,11 +85,11 @@ def engine_group(data, dataset: str, teacher_name: str, student_name: str, batch
             pack.begin_epoch(1)
         impl = pack.net.impl if pack is not None else None
         if compile:
-            teacher.forward = torch.compile(teacher.forward)
-            for net in [pack.net] if pack is not None else [s.model for s in students]:
+            for net in ([teacher] if teacher is not None else []) + ([pack.net] if pack is not None else
+                                                                      [s.model for s in students]):
                 net.forward = torch.compile(net.forward)
         group_step = engine.group_step(students, pack, teacher, data, 1, graphs=graphs and device.type == "cuda")
-        yield EngineGroup(cfgs, group_step, impl)
+        yield EngineGroup(cfgs, group_step, impl, students, pack)
 
 
 # --------------------------------------------------------------------------- timing

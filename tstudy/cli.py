@@ -12,9 +12,10 @@ from tstudy.config import RunConfig
 from tstudy.errors import ConfigError
 from tstudy.executors.options import add_cli_flags, options_for
 from tstudy.lock import describe, is_stale, on_this_host, remove_if_unchanged
+from tstudy.machine import Machine, add_flags as add_machine_flags
 from tstudy.migrate import legacy_studies, migrate
-from tstudy.store import FAILED, INCOMPLETE, RunState, RunStore
-from tstudy.study import Study, load_study, parse_seeds, parse_sets, run_warnings
+from tstudy.store import DONE, FAILED, INCOMPLETE, RunState, RunStore
+from tstudy.study import Study, load_study, parse_only, parse_seeds, parse_sets, restrict, run_warnings
 from tstudy.text import counted
 
 EXECUTORS = ("local", "slurm")
@@ -32,28 +33,17 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                        help="override a base field (replaces its axis); teacher.FIELD=VALUE for the teacher")
         c.add_argument("--seeds", metavar="0,1,2", help="override the seeds: integers >= 0, comma-separated")
+        c.add_argument("--only", action="append", default=[], metavar="FIELD=V1,V2",
+                       help="only the runs whose FIELD is one of the values (repeatable: all must hold), with "
+                            "their teachers: a chunk of the study, e.g. --only method=ce,kd")
         return c
 
     cmd("plan", "print the runs and their state").add_argument("--all", action="store_true", help="list every run")
     c = cmd("launch", "train what is missing")
     c.add_argument("--executor", default="local", choices=EXECUTORS)
-    c.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
-    c.add_argument("--data-root", default=None, help="where datasets are (else $TSTUDY_DATA, ./data)")
     c.add_argument("--dry-run", action="store_true",
                    help="make the checks of a launch (device, data, weights files), print what would run, write nothing")
-    c.add_argument("--pack-mode", default="auto", choices=("auto", "sequential", "network"),
-                   help="packed runs: one network (default on GPUs) or one after another (default on CPUs)")
-    c.add_argument("--cuda-graphs", default="auto", choices=("auto", "off"),
-                   help="on GPUs, replay each training step as a CUDA graph where the runs allow it (default auto)")
-    c.add_argument("--data-workers", type=int, default=None, metavar="N",
-                   help="streamed data (imagenet, augment rrc_flip): JPEG decoder processes per training process "
-                        "(default min(CPUs, 8); 0 decodes in the training process)")
-    c.add_argument("--decoder", default="cpu", choices=("cpu", "dali"),
-                   help="streamed data: decode JPEGs with Pillow in worker processes (cpu, default) or with "
-                        'NVIDIA DALI (dali: nvJPEG on the GPU; needs pip install "tstudy[dali]")')
-    c.add_argument("--checkpoint-steps", type=int, default=0, metavar="N",
-                   help="also checkpoint every N training steps, so a stopped run resumes within its epoch "
-                        "(default 0: at epoch ends only)")
+    add_machine_flags(c)
     add_cli_flags(c)
     cmd("status", "state of each run, read from disk").add_argument("--all", action="store_true")
     cmd("collect", "write <root>/<study>/results.parquet")
@@ -74,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--stale-locks", action="store_true",
                    help="instead, remove the locks of the study's runs held by dead processes or by processes on "
                         "other hosts (names each owner; asks first)")
+    c.add_argument("--weights", action="store_true",
+                   help="instead, delete the model.pt of the study's finished students (never a teacher's), keeping "
+                        "them done with their results: to keep a study's run files small (e.g. in git; asks first)")
     c = sub.add_parser("migrate", help="move ROOT/<study>/runs/ folders to the shared run store ROOT/runs/")
     c.add_argument("root", help="the root to migrate (e.g. results)")
     return p
@@ -104,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             study = study.override(parse_sets(args.sets))
         if seeds is not None:
             study = Study(**{**study.__dict__, "seeds": seeds})
+        study = restrict(study, parse_only(args.only))
         store = RunStore(args.root, study.name)
         if legacy_studies(args.root):  # a root written before the shared run store: once, on first use
             migrate(args.root, say=lambda line: print(f"tstudy: {line}", file=sys.stderr))
@@ -165,14 +159,15 @@ def _warn(runs: Sequence) -> None:
 
 def _note_finished_elsewhere(store: RunStore, run_ids: Sequence[str], args: argparse.Namespace) -> None:
     """One line when finished runs this study launched before are not in the current expansion
-    (``run_ids``; ``--set``/``--seeds``, or an edited study file): their count and how to see them."""
+    (``run_ids``; ``--set``/``--seeds``/``--only``, or an edited study file): their count and how to see them."""
     others = store.finished_elsewhere(run_ids)
     if not others:
         return
     n = len(others)
     what = f"{counted(n, 'finished run')} of study {store.study!r} under {store.root}"
-    if args.sets or args.seeds:
-        flags = " and ".join(f for f, given in (("--set", args.sets), ("--seeds", args.seeds)) if given)
+    if args.sets or args.seeds or args.only:
+        flags = " and ".join(f for f, given in (("--set", args.sets), ("--seeds", args.seeds), ("--only", args.only))
+                             if given)
         print(f"  note: {what} {'are' if n != 1 else 'is'} not in this expansion ({flags}): "
               f"`tstudy status {args.study} --root {args.root}` without {flags} lists them")
     else:
@@ -195,22 +190,21 @@ def _short(v: object) -> str:
 def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     from tstudy.stream_data import check_decoder
 
-    from tstudy.executors.options import check_machine_settings
-
-    check_machine_settings(args.data_workers, args.checkpoint_steps)  # the same check as RunEnv's
-    check_decoder(getattr(args, "decoder", "cpu"), study.runs())
+    machine = Machine.from_args(args)  # every machine setting checked once, before anything else
+    check_decoder(machine.decoder, study.runs())
     if args.executor == "slurm":
         from tstudy.executors import slurm
 
         _warn(study.runs())
-        return slurm.launch(study, store, args)
+        return slurm.launch(study, store, args, machine)
     from tstudy.engine import RunEnv
     from tstudy.executors.local import local_plan, run_local
     from tstudy.executors.workers import default_workers
     from tstudy.preflight import check_device, preflight
 
     opts = options_for(study.options, args, "local")
-    device = check_device(args.device)
+    machine = machine.replace(device=check_device(machine.device))
+    device = machine.device
     runs = study.runs()
     plan = local_plan(runs, store, opts.pack)
     workers = min(opts.workers or default_workers(device), max(1, len(plan.packs)))
@@ -218,7 +212,7 @@ def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     todo = plan.todo
     _warn(todo)
     if args.dry_run:
-        preflight(study, store, todo, args.data_root, dry_run=True)
+        preflight(study, store, todo, machine.data_root, dry_run=True)
     print(f"study {study.name}: {counted(len(runs), 'run')}, {len(runs) - len(todo)} done or running, {len(todo)} to launch"
           + (f" in {counted(len(plan.packs), 'pack')}" if opts.pack > 1 else "")
           + (f", {workers} workers" + (f" x {threads} threads" if device == "cpu" else "") if workers > 1 else ""))
@@ -232,11 +226,10 @@ def cmd_launch(study: Study, store: RunStore, args: argparse.Namespace) -> int:
         return 0
     if not todo:
         return 0
-    env = RunEnv(device=device, data_root=args.data_root, pack_mode=args.pack_mode, cuda_graphs=args.cuda_graphs,
-                 data_workers=args.data_workers, checkpoint_steps=args.checkpoint_steps, decoder=args.decoder)
+    env = RunEnv(machine)
     t0 = time.perf_counter()
     results = run_local(runs, store, env, pack=opts.pack, workers=workers, threads=threads,
-                        before=lambda: preflight(study, store, todo, args.data_root, env if workers == 1 else None))
+                        before=lambda: preflight(study, store, todo, machine.data_root, env if workers == 1 else None))
     counts = collections.Counter(results.values())
     print(f"study {study.name}: {dict(counts)} in {time.perf_counter() - t0:.1f} s")
     return 1 if counts.get(FAILED) else 0
@@ -295,8 +288,12 @@ def cmd_recommend(study: Study, store: RunStore, args: argparse.Namespace) -> in
 
 def cmd_clean(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     ids = {r.run_id for r in study.runs()}
+    if args.stale_locks and args.weights:
+        raise ConfigError("clean: --stale-locks and --weights are two commands; pass one")
     if args.stale_locks:
         return _clean_locks(store, ids, args)
+    if args.weights:
+        return _clean_weights(study, store, args)
     elsewhere = [rid for rid, info in store.foreign_locks(ids)
                  if info and not on_this_host(info) and not info.get("slurm_job")]
     if elsewhere:
@@ -328,6 +325,31 @@ def cmd_clean(study: Study, store: RunStore, args: argparse.Namespace) -> int:
     deleted = sum(store.remove(i) for i in victims)
     kept = len(victims) - deleted
     print(f"deleted {deleted} run directories" + (f"; {kept} left alone (started meanwhile)" if kept else ""))
+    return 0
+
+
+def _clean_weights(study: Study, store: RunStore, args: argparse.Namespace) -> int:
+    """`clean --weights`: release (delete, recorded in status.json) the model.pt of the study's done
+    students; the study's teachers keep theirs (their students need them)."""
+    from tstudy.store import release_weights
+
+    teachers = {t.run_id for t in study.teachers()}
+    todo = [r.run_id for r in study.students() if r.run_id not in teachers and store.state(r).status == DONE
+            and (store.run_dir(r) / "model.pt").exists()]
+    if not todo:
+        print("no student weights to release")
+        return 0
+    size = sum((store.run_dir(i) / "model.pt").stat().st_size for i in todo)
+    what = f"{len(todo)} students' model.pt ({size / 2**20:.1f} MiB); their results stay"
+    if args.dry_run:
+        print(f"would delete the weights of {what}")
+        return 0
+    if not args.yes and not _confirm(f"delete the weights of {what}? [y/N] ", "delete them without asking"):
+        print("nothing deleted")
+        return 0
+    done = sum(release_weights(store.run_dir(i)) for i in todo)
+    print(f"released the weights of {done} runs" + (f"; {len(todo) - done} left alone (locked or changed)"
+                                                     if done < len(todo) else ""))
     return 0
 
 

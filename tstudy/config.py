@@ -36,8 +36,9 @@ def is_streamed(dataset: str, augment: str | None) -> bool:
     return dataset in STREAMED_DATASETS or augment == "rrc_flip"
 # Fields that define the data a run trains on; a trained teacher must share them with its students.
 # ``val_fraction`` is one: the validation images are held out from everything that shapes a student,
-# its teacher included (a teacher trained on them would carry them into the student's soft targets).
-DATA_FIELDS = ("dataset", "labels", "image_size", "val_fraction")
+# its teacher included (a teacher trained on them would carry them into the student's soft targets);
+# ``train_per_class`` too (a teacher trained on more images than its students is another study).
+DATA_FIELDS = ("dataset", "labels", "image_size", "val_fraction", "train_per_class")
 # Fields that fix a run's initial weights (architecture, classes, input, init, seed) and the batches
 # it sees (training set, augmentation, batch size, seed: each epoch's order and augmentation are
 # drawn from (seed, epoch)). Runs equal in them are *paired*, whatever their loss side (method,
@@ -48,6 +49,7 @@ ID_LENGTH = 16
 # Upper bounds: far beyond any real study, so a larger value is a typo (or cannot be computed).
 MAX_TEMPERATURE = 1000.0  # above it the softened softmax is uniform to float32 precision
 MAX_EPOCHS = 100_000  # the usual KD schedule is 240 epochs, the longest published ~10,000
+MAX_TRAIN_PER_CLASS = 10_000_000  # more images than any class of any dataset has
 MAX_BATCH_SIZE = 65_536  # the largest batches of the large-batch literature (64k)
 MAX_IMAGE_SIZE = 1024  # the training set is held in memory as uint8 at this size
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit integers
@@ -145,6 +147,8 @@ class RunConfig:
     ``eval_epochs`` are evaluated in addition to the last epoch, which always is.
     ``val_fraction`` of each class's training images are held out as a validation split
     (``tstudy.data.validation``: the same images for every seed), evaluated with the test set.
+    ``train_per_class`` keeps only the first N training images of each class, in the dataset's
+    order, before the validation split (``tstudy.data.validation.training_subset``; None: all).
     """
 
     dataset: str = "digits"
@@ -172,9 +176,12 @@ class RunConfig:
     precision: str = "fp32"
     augment: str | None = None
     val_fraction: float = 0.0
+    train_per_class: int | None = None
 
     _FLOATS: ClassVar[tuple[str, ...]] = ("temperature", "lr", "momentum", "weight_decay", "gamma", "val_fraction")
-    _INTS: ClassVar[tuple[str, ...]] = ("image_size", "warmup_epochs", "batch_size", "epochs", "seed")
+    _INTS: ClassVar[tuple[str, ...]] = ("image_size", "warmup_epochs", "batch_size", "epochs", "seed",
+                                        "train_per_class")
+    _OPTIONAL_INTS: ClassVar[tuple[str, ...]] = ("image_size", "train_per_class")
 
     # ----------------------------------------------------------------- construction
     def __post_init__(self) -> None:
@@ -187,7 +194,7 @@ class RunConfig:
                 set_(name, float(v))
         for name in self._INTS:
             v = getattr(self, name)
-            if v is None and name == "image_size":
+            if v is None and name in self._OPTIONAL_INTS:
                 continue
             set_(name, _as_int(name, v))
         if not isinstance(self.nesterov, bool):
@@ -286,6 +293,12 @@ class RunConfig:
              f"the longest published ~10,000; a larger value is a typo), got {self.epochs}")
         need(0 <= self.warmup_epochs < self.epochs,
              f"warmup_epochs: must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        need(self.train_per_class is None or 1 <= self.train_per_class <= MAX_TRAIN_PER_CLASS,
+             f"train_per_class: must be None (every training image) or in 1..{MAX_TRAIN_PER_CLASS}, "
+             f"got {self.train_per_class}")
+        need(self.train_per_class is None or not streamed,
+             "train_per_class: the streamed data path trains on every image of its store; "
+             "build a store of the subset instead")
         need(finite("val_fraction", self.val_fraction) and 0 <= self.val_fraction <= MAX_VAL_FRACTION,
              f"val_fraction: expected a number in [0, {MAX_VAL_FRACTION:g}], got {self.val_fraction!r}")
         need(0 <= self.seed <= MAX_SEED, f"seed: must be in 0..2**63-1 (torch seeds are 64-bit), got {self.seed}")

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 DeviceStep = Callable[[torch.Tensor, torch.Tensor, int, bool], list]
-GRAPH_MODES = ("auto", "off")
 
 
 class StepGraph:

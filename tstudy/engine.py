@@ -12,7 +12,6 @@ import os
 import time
 import traceback
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,14 +20,14 @@ from torch import nn
 
 from tstudy import atomic, provenance
 from tstudy.config import DATA_FIELDS, RunConfig, TeacherFile, WeightsFile
-from tstudy.cuda_graph import GRAPH_MODES, StepGraph, graph_blockers
+from tstudy.cuda_graph import StepGraph, graph_blockers
 from tstudy.data import load_dataset
-from tstudy.data.validation import with_validation
+from tstudy.data.validation import training_splits
 from tstudy.device_data import DeviceData, step_seed
 from tstudy.evaluation import autocast, evaluate_split
 from tstudy.teacher_profile import teacher_train_logits, write_teacher_profile
-from tstudy.errors import ConfigError
 from tstudy.lock import LockHeld, RunLock
+from tstudy.machine import Machine
 from tstudy.methods import build as build_method
 from tstudy.models import build_model
 from tstudy.planning import pack_key
@@ -37,7 +36,6 @@ from tstudy.store import (DIVERGED, DONE, FAILED, INCOMPLETE, RUNNING, RunState,
                           parquet_intact, set_aside, write_status)
 from tstudy.run_summary import write_summary
 
-PACK_MODES = ("auto", "sequential", "network")
 _CHECKPOINT_NOW = REQUESTED  # set by a pre-emption signal (tstudy.preemption): checkpoint at the next step, stop
 
 EpochCallback = Callable[[RunConfig, int, dict], None]
@@ -45,43 +43,27 @@ StepCallback = Callable[[RunConfig, int, int, int], None]  # (cfg, epoch, steps 
 STEP_REPORT_S = 1.0  # on_step is called at most this often
 
 
-@dataclass
 class RunEnv:
-    """Machine settings for running: not part of any run's identity."""
+    """How runs train in this process: the machine settings (:class:`tstudy.machine.Machine`,
+    passed whole) and, beside them, the engine's callbacks and test hooks, which never leave the
+    process. ``RunEnv(device="cuda", on_epoch=f)`` builds the settings from their keywords;
+    ``RunEnv(machine)`` takes them as they are.
 
-    device: str = "cpu"
-    data_root: str | None = None
-    on_epoch: EpochCallback | None = None
-    # Progress inside an epoch, at most every STEP_REPORT_S seconds: host-side step counts only,
-    # no device sync (on a GPU the steps counted are those launched).
-    on_step: StepCallback | None = None
-    stop_after_epoch: int | None = None  # for tests: stop (as if killed) after this epoch
-    # How a group of packable runs trains: ``sequential`` (each student steps in turn),
-    # ``network`` (the students as one packed network, tstudy.packnet), ``auto`` (network on
-    # CUDA, where stepping K small students in turn is launch-bound; sequential on the CPU).
-    pack_mode: str = "auto"
-    # ``auto``: on CUDA, replay each epoch's training step as a CUDA graph where the group allows
-    # it (tstudy.cuda_graph.graph_blockers); ``off``: always eager.
-    cuda_graphs: str = "auto"
-    # Streamed data (tstudy.stream_data): decoder processes (None: min(CPUs, 8); 0: decode in this
-    # process), and a checkpoint every ``checkpoint_steps`` training steps (0: at epoch ends only).
-    data_workers: int | None = None
-    checkpoint_steps: int = 0
-    # Streamed data: the JPEG decoder, ``cpu`` (DecoderPool, Pillow) or ``dali`` (tstudy.data.dali).
-    decoder: str = "cpu"
-    stop_after_step: tuple[int, int] | None = None  # for tests: stop (as if killed) after this step's checkpoint
-    _data: dict = field(default_factory=dict, repr=False)
+    ``on_epoch``: called after each epoch's checkpoint. ``on_step``: progress inside an epoch, at
+    most every STEP_REPORT_S seconds (host-side step counts only, no device sync: on a GPU the
+    steps counted are those launched). ``stop_after_epoch`` / ``stop_after_step`` (tests): stop,
+    as if killed, after that epoch's (that step's) checkpoint."""
 
-    def __post_init__(self) -> None:
-        if self.pack_mode not in PACK_MODES:
-            raise ConfigError(f"pack_mode: unknown value {self.pack_mode!r}; valid: {', '.join(PACK_MODES)}")
-        if self.cuda_graphs not in GRAPH_MODES:
-            raise ConfigError(f"cuda_graphs: unknown value {self.cuda_graphs!r}; valid: {', '.join(GRAPH_MODES)}")
-        from tstudy.executors.options import check_machine_settings
+    __slots__ = ("machine", "on_epoch", "on_step", "stop_after_epoch", "stop_after_step", "_data")
 
-        check_machine_settings(self.data_workers, self.checkpoint_steps)
-        if self.decoder not in ("cpu", "dali"):
-            raise ConfigError(f"--decoder: unknown value {self.decoder!r}; valid: cpu, dali")
+    def __init__(self, machine: Machine | None = None, *, on_epoch: EpochCallback | None = None,
+                 on_step: StepCallback | None = None, stop_after_epoch: int | None = None,
+                 stop_after_step: tuple[int, int] | None = None, **settings: Any) -> None:
+        machine = machine or Machine()
+        self.machine = machine.replace(**settings) if settings else machine
+        self.on_epoch, self.on_step = on_epoch, on_step
+        self.stop_after_epoch, self.stop_after_step = stop_after_epoch, stop_after_step
+        self._data: dict = {}
 
     def data(self, cfg: RunConfig) -> "DeviceData":
         from tstudy.stream_data import open_stream, streams
@@ -90,11 +72,12 @@ class RunEnv:
         if key in self._data:
             return self._data[key]
         if streams(cfg):
-            self._data[key] = open_stream(cfg, self.data_root, torch.device(self.device), self.data_workers,
-                                         self.decoder)
+            m = self.machine
+            self._data[key] = open_stream(cfg, m.data_root, torch.device(m.device), m.data_workers, m.decoder)
         else:
-            splits = load_dataset(cfg.dataset, self.data_root, image_size=cfg.image_size, labels=cfg.labels)
-            self._data[key] = DeviceData(with_validation(splits, cfg.val_fraction), torch.device(self.device))
+            splits = load_dataset(cfg.dataset, self.machine.data_root, image_size=cfg.image_size, labels=cfg.labels)
+            self._data[key] = DeviceData(training_splits(splits, cfg.train_per_class, cfg.val_fraction),
+                                         torch.device(self.machine.device))
         return self._data[key]
 
 
@@ -155,6 +138,9 @@ def load_teacher(cfg: RunConfig, store: RunStore, data: DeviceData) -> tuple[nn.
         weights.load_weights(model, t.weights.path, strict_head=True)
     else:
         path = store.run_dir(t) / "model.pt"
+        if store.state(t).status == DONE and not path.exists():  # tstudy clean --weights (never a teacher's)
+            raise RuntimeError(f"teacher run {t.run_id} is done but its weights were released ({path} deleted); "
+                               f"delete its run directory and launch again to retrain it")
         if store.state(t).status != DONE or not path.exists():
             raise RuntimeError(f"teacher run {t.run_id} is not done (no {path}); launch the study again")
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -175,7 +161,7 @@ def train_runs(cfgs: list[RunConfig], store: RunStore, env: RunEnv) -> dict[str,
     """Train packable runs (equal :func:`pack_key`) together: one pass over the batches and one
     teacher forward per step, each student stepping in turn with its own model, optimizer, method
     state and RNG stream, so every run's result equals training it alone (bit for bit); or, with
-    ``env.pack_mode`` ``network`` (``auto`` on CUDA), the students as one packed network
+    ``env.machine.pack_mode`` ``network`` (``auto`` on CUDA), the students as one packed network
     (:class:`_PackedGroup`: the same results up to float32 reassociation, the same checkpoints).
     Runs locked by a live process are left alone (state ``running``); one run failing or diverging
     does not stop the others."""
@@ -302,6 +288,8 @@ class _Student:
             if ck.get("rng") is not None:
                 _set_rng_state(ck["rng"], device)
             atomic.write_parquet(self.d / "metrics.parquet", rows_frame(self.rows))  # drop rows past the checkpoint
+            log_line(self.d, f"resumed from its checkpoint after epoch {self.start}"
+                             + (f" and step {self.start_step} of epoch {self.start + 1}" if self.start_step else ""))
         self.static = {**provenance.info(device), **teacher_info, "pack": pack,
                        **{f"const_{k}": v for k, v in self.method.constants().items()}}
         write_status(self.d, "running", epoch=self.start)
@@ -440,10 +428,10 @@ def _train_group(cfgs: list[RunConfig], store: RunStore, env: RunEnv) -> dict[st
 
 
 def _use_network(env: RunEnv, device: torch.device, n: int) -> bool:
-    """Whether ``n`` students train as one packed network (see ``RunEnv.pack_mode``)."""
-    if n < 2 or env.pack_mode == "sequential":
+    """Whether ``n`` students train as one packed network (see ``Machine.pack_mode``)."""
+    if n < 2 or env.machine.pack_mode == "sequential":
         return False
-    return env.pack_mode == "network" or device.type == "cuda"
+    return env.machine.pack_mode == "network" or device.type == "cuda"
 
 
 def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, env: RunEnv,
@@ -453,6 +441,7 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
     augment = cfg.augment or data.splits.augment
     results: dict[str, RunState] = {}
     network = _use_network(env, device, len(group))
+    every = env.machine.checkpoint_steps  # also a checkpoint every this many steps (0: none)
     pack: _PackedGroup | None = None
     for epoch in range(start + 1, cfg.epochs + 1):
         first_step = start_step if epoch == start + 1 else 0
@@ -489,8 +478,7 @@ def _epochs(group: list[_Student], teacher: nn.Module | None, data: DeviceData, 
                 told = now
                 env.on_step(cfg, epoch, i + 1, n_steps)
             preempted = _CHECKPOINT_NOW.is_set()  # at the epoch's last step: the epoch-end checkpoint below
-            if (preempted or env.checkpoint_steps and (i + 1) % env.checkpoint_steps == 0) and i + 1 < n_steps \
-                    and not failed:
+            if (preempted or every and (i + 1) % every == 0) and i + 1 < n_steps and not failed:
                 _save_steps(group, pack, epoch, i + 1, time.perf_counter() - t0)
                 if preempted or env.stop_after_step == (epoch, i + 1):
                     why = "pre-empted: checkpointed within the epoch" if preempted else "stopped on request"
@@ -584,10 +572,10 @@ def group_step(group: list[_Student], pack: "_PackedGroup | None", teacher: nn.M
 
 
 def _use_graphs(env: RunEnv, group: list[_Student], pack: "_PackedGroup | None", log: bool) -> bool:
-    """Whether the group's steps are CUDA graphs (``env.cuda_graphs`` and no blocker); logs why
+    """Whether the group's steps are CUDA graphs (``env.machine.cuda_graphs`` and no blocker); logs why
     not, once (``log``), on CUDA."""
     device = group[0].data.device
-    if env.cuda_graphs == "off" or device.type != "cuda":
+    if env.machine.cuda_graphs == "off" or device.type != "cuda":
         return False
     models = [pack.net] if pack is not None else [s.model for s in group]
     blockers = graph_blockers(device, group[0].cfg.optimizer, [s.method for s in group], models)

@@ -1,4 +1,4 @@
-"""Provenance recorded with every result row: versions, git commit, device, host."""
+"""Provenance recorded with every result row: versions, git commit, device, host, torch threads."""
 from __future__ import annotations
 
 import functools
@@ -34,5 +34,7 @@ def device_name(device: torch.device) -> str:
 
 
 def info(device: torch.device) -> dict:
+    """Where a run trained, as columns of its metrics rows: a number that moved between two launches
+    of one run id moved with one of these (float sums in another order: ``threads`` on the CPU)."""
     return {"tstudy_version": tstudy.__version__, "git_commit": git_commit(), "torch_version": torch.__version__,
-            "device": device_name(device), "host": socket.gethostname()}
+            "device": device_name(device), "host": socket.gethostname(), "threads": torch.get_num_threads()}

@@ -28,6 +28,9 @@ from tstudy.lock import LockHeld, RunLock, held_by_me, is_stale, on_this_host, r
 NOT_LAUNCHED, INCOMPLETE, RUNNING, DONE, FAILED, DIVERGED = (
     "not launched", "incomplete", "running", "done", "failed", "diverged")
 FINISHED = (DONE, DIVERGED)  # final states: launch does not run these again
+# status.json's "weights" of a done run whose model.pt was deleted on purpose (``release_weights``):
+# its results stay final, only its weights are gone (a study kept in git keeps no student weights).
+RELEASED = "released"
 STATUSES = (INCOMPLETE, RUNNING, DONE, FAILED, DIVERGED)  # what a status.json may say
 RUNS = "runs"  # <root>/runs: the shared run store (so no study may be called "runs")
 RECORD = "study.json"
@@ -120,8 +123,9 @@ class RunStore:
         if s in (DONE, DIVERGED):
             metrics = os.path.join(d, "metrics.parquet")
             st = _stat(metrics)
+            weights = s == DONE and status.get("weights") != RELEASED  # released: results kept, model.pt not
             missing = [f for f, x in (("metrics.parquet", st),) + ((("model.pt", _stat(os.path.join(d, "model.pt"))),)
-                                                                   if s == DONE else ()) if x is None]
+                                                                   if weights else ()) if x is None]
             if missing:
                 return RunState(INCOMPLETE, epoch, f"status says {s} but {', '.join(missing)} is missing")
             if self._remembered(metrics, st, lambda p: "" if parquet_intact(p) else "truncated"):
@@ -420,3 +424,25 @@ def log_line(d: Path, line: str) -> None:
 
 def write_status(d: Path, status: str, **info: object) -> None:
     atomic.write_json(d / "status.json", {"status": status, **info})
+
+
+def release_weights(d: Path) -> bool:
+    """Delete a done run's ``model.pt`` on purpose, keeping it done: status.json first records
+    ``"weights": "released"`` with the file's size and SHA-256, then the file goes (a crash between
+    the two leaves a done run with its weights). False (nothing changed) unless the run is done
+    with its weights, under its lock, now."""
+    import hashlib
+
+    try:
+        with RunLock(d):
+            status, model = read_status(d), d / "model.pt"
+            if status.get("status") != DONE or status.get("weights") == RELEASED or not model.exists():
+                return False
+            digest = hashlib.sha256(model.read_bytes()).hexdigest()
+            write_status(d, DONE, **{**{k: v for k, v in status.items() if k != "status"}, "weights": RELEASED,
+                                     "model_pt_bytes": model.stat().st_size, "model_pt_sha256": digest})
+            log_line(d, f"model.pt released (sha256 {digest[:16]}): results kept, weights deleted")
+            model.unlink()
+            return True
+    except LockHeld:
+        return False

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from tstudy.config import RunConfig, is_streamed
+from tstudy.device_data import uses_channels_last
 from tstudy.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -151,7 +152,7 @@ class StreamData:
         c = self.splits.in_channels
         self.mean = torch.tensor(self.splits.mean, device=device).view(1, c, 1, 1) * 255.0
         self.std = torch.tensor(self.splits.std, device=device).view(1, c, 1, 1) * 255.0
-        self.channels_last = device.type == "cuda"
+        self.channels_last = uses_channels_last(device)
 
     def close(self) -> None:
         self.train_pool.close()

@@ -51,6 +51,7 @@ class Study:
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
     reference_temperature: float = REFERENCE_TEMPERATURE
+    figure_note: str = ""  # a line every figure's title carries (e.g. "small scale: 16 px, CPU")
     source: str | None = None  # the study file, set by load_study
 
     def __post_init__(self) -> None:
@@ -58,6 +59,8 @@ class Study:
             raise ConfigError(f"name: study name {self.name!r} must match {NAME_RE.pattern}")
         if self.name == RUNS:
             raise ConfigError(f"name: {RUNS!r} is reserved (<root>/{RUNS}/ holds the runs); choose another name")
+        if not isinstance(self.figure_note, str):
+            raise ConfigError(f"figure_note: expected a string, got {type(self.figure_note).__name__}")
         if not isinstance(self.base, RunConfig):
             raise ConfigError(f"base: expected a RunConfig, got {type(self.base).__name__}")
         self.axes = dict(self.axes)
@@ -301,12 +304,64 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set: expected FIELD=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        try:
-            value = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            value = v
-        out[k.strip()] = value
+        out[k.strip()] = _literal(v)
     return out
+
+
+def _literal(text: str) -> Any:
+    """A flag's value: a Python literal where ``text`` is one (``30``, ``(5, 10)``), else the text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_only(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``["method=ce,kd", "temperature=4"]`` -> ``{"method": ["ce", "kd"], "temperature": [4]}``
+    (``--only``: keep the runs whose field has one of the values)."""
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip() or not v.strip():
+            raise ConfigError(f"--only: expected FIELD=VALUE[,VALUE...], got {item!r}")
+        out.setdefault(k.strip(), []).extend(_literal(part.strip()) for part in v.split(","))
+    check_fields(out, "--only")
+    for k in ("teacher", "method_params"):
+        if k in out:
+            raise ConfigError(f"--only: {k} cannot be selected by value; use the study's where")
+    return out
+
+
+def _matches(value: Any, wanted: list[Any]) -> bool:
+    """``value`` equals one of ``wanted`` (numbers by value: ``--only temperature=4`` takes 4.0); a
+    field that does not apply to the run (None, as ``temperature`` of ``ce``) never excludes it."""
+    if value is None:
+        return True
+    for w in wanted:
+        num = isinstance(w, (int, float)) and not isinstance(w, bool)
+        if num and isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == float(w):
+            return True
+        if value == w or (isinstance(value, tuple) and isinstance(w, (tuple, list)) and tuple(w) == value):
+            return True
+    return False
+
+
+def restrict(study: "Study", only: Mapping[str, list[Any]]) -> "Study":
+    """The study's runs whose fields match ``only`` (``--only``), with the teachers they name: a
+    chunk of a larger study (its runs and run ids unchanged). A selection matching no run is
+    refused, as a ``where`` dropping every run is."""
+    if not only:
+        return study
+    inner = study.where
+
+    def where(cfg: RunConfig) -> bool:
+        return (inner is None or inner(cfg)) and all(_matches(getattr(cfg, k), v) for k, v in only.items())
+
+    everyone = study.students()
+    if everyone and not any(where(c) for c in everyone):
+        said = " ".join(f"{k}={','.join(str(x) for x in v)}" for k, v in only.items())
+        raise ConfigError(f"--only: {said} selects none of the {len(everyone)} student runs of study {study.name!r}")
+    return Study(**{**study.__dict__, "where": where})
 
 
 SEEDS_FORMS = "integers >= 0 separated by commas, such as 0,1,2 (no ranges)"

@@ -1,4 +1,9 @@
-"""The validation split (``RunConfig.val_fraction``): part of each class's training images held out.
+"""The training subset (``RunConfig.train_per_class``) and the validation split
+(``RunConfig.val_fraction``): part of each class's training images held out.
+
+``train_per_class`` keeps the first N training images of each class in the dataset's own order
+(all of a class that has fewer), before anything else; the validation split is then carved from
+that subset as below.
 
 For each class, in increasing order, one generator seeded with :data:`SPLIT_SEED` permutes the
 class's training indices, and the first ``round(fraction * n)`` of them (at least one for a class
@@ -37,6 +42,26 @@ def split_indices(labels: torch.Tensor, fraction: float) -> tuple[torch.Tensor, 
     keep = torch.ones(labels.numel(), dtype=torch.bool)
     keep[val] = False
     return keep.nonzero().flatten(), val
+
+
+def training_subset(splits: DataSplits, per_class: int | None) -> DataSplits:
+    """``splits`` with only the first ``per_class`` training images of each class, in their order
+    (unchanged for None). Test set and normalisation constants are unchanged."""
+    if per_class is None:
+        return splits
+    y = splits.train_y
+    order = torch.argsort(y, stable=True)
+    counts = torch.bincount(y)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(y.numel()) - starts[y[order]]
+    keep = (rank < per_class).nonzero().flatten()
+    return dataclasses.replace(splits, train_x=splits.train_x[keep], train_y=y[keep])
+
+
+def training_splits(splits: DataSplits, per_class: int | None, fraction: float) -> DataSplits:
+    """The subset, then the validation split: the data a run with these fields trains on."""
+    return with_validation(training_subset(splits, per_class), fraction)
 
 
 def with_validation(splits: DataSplits, fraction: float) -> DataSplits:

@@ -313,12 +313,3 @@ def check_options(options: Any) -> None:
     for name, cls in CLASSES.items():
         if name in options:
             cls.from_mapping(options[name])
-
-
-def check_machine_settings(data_workers: int | None, checkpoint_steps: int) -> None:
-    """The one check of ``--data-workers`` and ``--checkpoint-steps`` (launch flags, ``RunEnv``):
-    integers >= 0, else a one-line ConfigError naming the flag."""
-    if data_workers is not None and data_workers < 0:
-        raise ConfigError(f"--data-workers: must be >= 0 (0: decode in the training process), got {data_workers}")
-    if checkpoint_steps < 0:
-        raise ConfigError(f"--checkpoint-steps: must be >= 0 (0: at epoch ends only), got {checkpoint_steps}")

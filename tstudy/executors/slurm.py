@@ -40,6 +40,7 @@ from tstudy.errors import ConfigError
 from tstudy.text import counted
 from tstudy.executors.options import SlurmOptions, options_for
 from tstudy.lock import read_lock
+from tstudy.machine import Machine
 from tstudy.planning import Pack, Plan, make_plan, states_with_teachers
 from tstudy.store import DONE, FINISHED, INCOMPLETE, RUNNING, RunState, RunStore
 
@@ -265,14 +266,14 @@ class TrainJob:
     :meth:`checkpoint`): on preemption or time limit submitit requeues the job and the new start
     resumes every run from disk."""
 
-    def __init__(self, packs: Sequence[Sequence[RunConfig]], root: str, study: str, device: str = "auto",
-                 data_root: str | None = None, pack_mode: str = "auto", cuda_graphs: str = "auto",
-                 workers: int = 1, data_workers: int | None = None, checkpoint_steps: int = 0,
-                 decoder: str = "cpu") -> None:
+    def __init__(self, packs: Sequence[Sequence[RunConfig]], root: str, study: str, machine: Machine,
+                 workers: int = 1) -> None:
         self.packs = tuple(tuple(p) for p in packs)
-        self.data_workers, self.checkpoint_steps, self.decoder = data_workers, checkpoint_steps, decoder
-        self.root, self.study, self.device, self.data_root = root, study, device, data_root
-        self.pack_mode, self.cuda_graphs, self.workers = pack_mode, cuda_graphs, workers
+        self.root, self.study, self.machine, self.workers = root, study, machine, workers
+
+    def settings(self) -> Machine:
+        """The machine settings (a job pickled before :class:`Machine` kept them as attributes)."""
+        return self.__dict__.get("machine") or Machine.from_mapping(self.__dict__)
 
     def job_packs(self) -> tuple[tuple[RunConfig, ...], ...]:
         """The packs (a job pickled before packs per job trained one pack, ``runs``)."""
@@ -280,20 +281,19 @@ class TrainJob:
 
     def __call__(self) -> dict[str, str]:
         from tstudy.engine import resolve_device
-        from tstudy.executors.workers import EnvSpec, Progress, gpu_slots, run_packs
+        from tstudy.executors.workers import Progress, gpu_slots, run_packs
         from tstudy.preemption import preempt_signal
 
         packs = [Pack(p) for p in self.job_packs()]
         runs = [r for p in packs for r in p.runs]
         workers = max(1, min(getattr(self, "workers", 1), len(packs)))
         store = RunStore(self.root, self.study)
-        spec = EnvSpec(resolve_device(self.device), self.data_root, getattr(self, "pack_mode", "auto"),
-                       getattr(self, "cuda_graphs", "auto"), getattr(self, "data_workers", None),
-                       getattr(self, "checkpoint_steps", 0), getattr(self, "decoder", "cpu"))
+        machine = self.settings()
+        machine = machine.replace(device=resolve_device(machine.device))
         threads = max(1, job_threads() // workers)
         start = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) + 1
         _say(f"job {os.environ.get('SLURM_JOB_ID')} start #{start}, {len(runs)} run(s) in {len(packs)} pack(s), "
-             f"{workers} at once on {spec.device}: "
+             f"{workers} at once on {machine.device}: "
              + ", ".join(f"{c.run_id} ({c.model} {c.method} T={c.temperature} seed={c.seed})" for c in runs))
         for cfg in runs:
             clear_dead_job_lock(store.run_dir(cfg))
@@ -302,8 +302,8 @@ class TrainJob:
         handover = _Handover(signal.getsignal(sig))
         signal.signal(sig, handover)  # requeue at once; every training process checkpoints at its next step
         try:
-            outcomes = run_packs(packs, store, spec, workers, threads, progress,
-                                 gpus=gpu_slots(spec.device, workers))
+            outcomes = run_packs(packs, store, machine, workers, threads, progress,
+                                 gpus=gpu_slots(machine.device, workers))
         finally:
             signal.signal(sig, handover.submitit)
         if handover.exit is not None:  # submitit requeued (or gave up on) this job: end as its handler would
@@ -394,17 +394,14 @@ def make_executor(folder: Path, opts: SlurmOptions, study: str, dependency: str 
 
 
 def submit(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, live: Mapping[str, str],
-           device: str, data_root: str | None, out=None, pack_mode: str = "auto",
-           cuda_graphs: str = "auto", data_workers: int | None = None, checkpoint_steps: int = 0,
-           decoder: str = "cpu") -> dict[str, str]:
+           machine: Machine, out=None) -> dict[str, str]:
     """Submit the arrays in order; record each job in its runs' directories. Returns {run id: job id}."""
     out = out or sys.stdout
     folder = log_dir(store, opts)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        return _submit_arrays(arrays, store, opts, live, device, data_root, out, pack_mode, cuda_graphs, folder,
-                              data_workers, checkpoint_steps, decoder)
+        return _submit_arrays(arrays, store, opts, live, machine, out, folder)
     except BaseException:
         if created:  # nothing left behind by a submission that failed at once
             with contextlib.suppress(OSError):
@@ -413,21 +410,18 @@ def submit(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, liv
 
 
 def _submit_arrays(arrays: Sequence[ArrayPlan], store: RunStore, opts: SlurmOptions, live: Mapping[str, str],
-                   device: str, data_root: str | None, out: Any, pack_mode: str, cuda_graphs: str,
-                   folder: Path, data_workers: int | None = None, checkpoint_steps: int = 0,
-                   decoder: str = "cpu") -> dict[str, str]:
+                   machine: Machine, out: Any, folder: Path) -> dict[str, str]:
     job_of = dict(live)
     root = str(store.root.resolve())
-    data_root = str(Path(data_root).resolve()) if data_root else None
+    if machine.data_root:  # the jobs start elsewhere: absolute paths
+        machine = machine.replace(data_root=str(Path(machine.data_root).resolve()))
     for n_done, array in enumerate(arrays):
         dep = f"afterok:{job_of[array.after]}" if array.after else None
         ex = make_executor(folder, opts, store.study, dep)
         with _sbatch_failure(folder, n_done):
             with ex.batch():
-                jobs = [ex.submit(TrainJob([p.runs for p in packs], root, store.study, device, data_root, pack_mode,
-                                           cuda_graphs, workers=min(opts.job_packs, len(packs)),
-                                           data_workers=data_workers, checkpoint_steps=checkpoint_steps,
-                                           decoder=decoder))
+                jobs = [ex.submit(TrainJob([p.runs for p in packs], root, store.study, machine,
+                                           workers=min(opts.job_packs, len(packs))))
                         for packs in array.jobs]
         for job, packs in zip(jobs, array.jobs):
             runs = [r for p in packs for r in p.runs]
@@ -475,13 +469,13 @@ def log_dir(store: RunStore, opts: SlurmOptions) -> Path:
     return Path(opts.log_dir).expanduser().resolve() if opts.log_dir else (store.study_dir / LOG_DIR).resolve()
 
 
-def launch(study: Any, store: RunStore, args: argparse.Namespace, out=None) -> int:
+def launch(study: Any, store: RunStore, args: argparse.Namespace, machine: Machine, out=None) -> int:
     """``tstudy launch --executor slurm``: submit what is missing, print job ids, return."""
     out = out or sys.stdout
     from tstudy.preflight import check_device, preflight
 
     opts = options_for(study.options, args, "slurm")
-    check_device(args.device, here=False)  # the jobs' nodes have their own GPUs
+    check_device(machine.device, here=False)  # the jobs' nodes have their own GPUs
     queue = read_queue()
     runs = study.runs()
     plan, live = slurm_plan(runs, store, queue, opts.pack)
@@ -496,17 +490,16 @@ def launch(study: Any, store: RunStore, args: argparse.Namespace, out=None) -> i
     for rid, why in plan.blocked:
         print(f"  {rid}: not submitted, {why}", file=out)
     if args.dry_run:
-        preflight(study, store, plan.todo, args.data_root, dry_run=True)
+        preflight(study, store, plan.todo, machine.data_root, dry_run=True)
         print_plan(arrays, live, opts, study.name, out)
         return 0
     if not arrays:
         return 0
     if shutil.which("sbatch") is None or shutil.which("srun") is None:
         raise ConfigError("--executor slurm: sbatch/srun not found; run this on a SLURM login node")
-    preflight(study, store, plan.todo, args.data_root)
+    preflight(study, store, plan.todo, machine.data_root)
     cancel_never_satisfied(runs, store, queue)
-    submit(arrays, store, opts, live, args.device, args.data_root, out, args.pack_mode, args.cuda_graphs,
-           getattr(args, "data_workers", None), getattr(args, "checkpoint_steps", 0), getattr(args, "decoder", "cpu"))
+    submit(arrays, store, opts, live, machine, out)
     print(f"logs: {log_dir(store, opts)}/   follow with: tstudy status {study.source or study.name}"
           + (f" --root {args.root}" if args.root != "results" else ""), file=out)
     return 0

@@ -9,7 +9,6 @@ local executor and, inside one SLURM job holding several GPUs, by the SLURM exec
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
@@ -22,25 +21,13 @@ from typing import Any, Callable, Sequence
 
 from tstudy.config import RunConfig
 from tstudy.lock import describe, read_lock
+from tstudy.machine import Machine
 from tstudy.planning import Pack
 from tstudy.preemption import checkpoint_requested, preempt_signal, request_checkpoint
 from tstudy.store import DONE, FAILED, INCOMPLETE, RUNNING, RunStore
 
 SKIPPED = "skipped"
 POLL_S = 1.0
-
-
-@dataclass(frozen=True)
-class EnvSpec:
-    """The machine settings a worker builds its ``engine.RunEnv`` from (picklable)."""
-
-    device: str = "cpu"  # resolved: cpu, cuda, cuda:1
-    data_root: str | None = None
-    pack_mode: str = "auto"
-    cuda_graphs: str = "auto"
-    data_workers: int | None = None  # streamed data: decoder processes (None: min(CPUs, 8))
-    checkpoint_steps: int = 0  # also checkpoint every N steps (0: at epoch ends only)
-    decoder: str = "cpu"  # streamed data: cpu (DecoderPool) or dali
 
 
 @dataclass(frozen=True)
@@ -73,7 +60,7 @@ def default_workers(device: str) -> int:
     return max(1, len(visible_gpus())) if device == "cuda" else 1
 
 
-def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: int = 1,
+def run_packs(packs: Sequence[Pack], store: RunStore, machine: Machine, workers: int = 1,
               threads: int | None = None, progress: "Progress | None" = None, env: Any = None,
               gpus: Sequence[str | None] | None = None, before: Callable[[], None] | None = None
               ) -> dict[str, Outcome]:
@@ -93,8 +80,8 @@ def run_packs(packs: Sequence[Pack], store: RunStore, spec: EnvSpec, workers: in
     last checkpoint, and the interrupt goes on to the caller.
     """
     progress = progress or Progress(sum(len(p.runs) for p in packs), workers, tty=False, out=sys.stderr)
-    pool: _Pool = _InProcess(store, spec, threads, progress, env) if workers == 1 else \
-        _Processes(store, spec, workers, threads, progress, gpus or gpu_slots(spec.device, workers))
+    pool: _Pool = _InProcess(store, machine, threads, progress, env) if workers == 1 else \
+        _Processes(store, machine, workers, threads, progress, gpus or gpu_slots(machine.device, workers))
     results: dict[str, Outcome] = {}
     remaining = list(packs)
     pieces: set[int] = set()  # packs already split (a piece is not split again)
@@ -182,10 +169,10 @@ class _Pool:
 class _InProcess(_Pool):
     """One worker: train in this process, one pack at a time."""
 
-    def __init__(self, store: RunStore, spec: EnvSpec, threads: int | None, progress: "Progress",
+    def __init__(self, store: RunStore, machine: Machine, threads: int | None, progress: "Progress",
                  env: Any) -> None:
         if env is None:
-            env = _make_env(spec)
+            env = _make_env(machine)
         if threads:
             import torch
 
@@ -220,10 +207,10 @@ class _Processes(_Pool):
     at a time each, each over a pipe of its own (no shared queues: no semaphores for
     multiprocessing's resource tracker to warn about)."""
 
-    def __init__(self, store: RunStore, spec: EnvSpec, workers: int, threads: int | None,
+    def __init__(self, store: RunStore, machine: Machine, workers: int, threads: int | None,
                  progress: "Progress", gpus: Sequence[str | None]) -> None:
         self.ctx = mp.get_context("spawn")
-        self.store, self.spec, self.progress = store, spec, progress
+        self.store, self.machine, self.progress = store, machine, progress
         self.threads = threads or 1
         self.gpus = list(gpus)
         self.slots: list[dict] = []
@@ -241,7 +228,7 @@ class _Processes(_Pool):
         # Not a daemon: a streamed run starts decoder processes (a daemon may have no children);
         # close() and stop() always join the workers.
         proc = self.ctx.Process(target=worker_main, name=f"tstudy-worker-{i}", daemon=False,
-                                args=(i, self.gpus[i], self.threads, self.spec, str(self.store.root),
+                                args=(i, self.gpus[i], self.threads, self.machine, str(self.store.root),
                                       self.store.study, child))
         with _sigint_ignored():  # a terminal's Ctrl-C reaches the workers too: this process stops them
             proc.start()
@@ -345,7 +332,7 @@ def _checkpoint_now(signum: int, frame: Any) -> None:
     request_checkpoint()  # the leaf module: safe while this process is still importing the engine
 
 
-def worker_main(i: int, gpu: str | None, threads: int, spec: EnvSpec, root: str, study: str, conn: Any) -> None:
+def worker_main(i: int, gpu: str | None, threads: int, machine: Machine, root: str, study: str, conn: Any) -> None:
     """A worker process: pin the GPU and threads, then train each pack it receives on ``conn``
     until None, sending ("epoch" | "step" | "done", payload) back.
     It ignores SIGINT (the launching process decides) and stops quietly on SIGTERM."""
@@ -357,8 +344,7 @@ def worker_main(i: int, gpu: str | None, threads: int, spec: EnvSpec, root: str,
         import torch
 
         torch.set_num_threads(threads)
-        spec = dataclasses.replace(spec, device="cuda" if gpu is not None else spec.device)
-        env = _make_env(spec)
+        env = _make_env(machine.replace(device="cuda") if gpu is not None else machine)
         env.on_epoch = lambda cfg, epoch, info: conn.send(("epoch", (cfg, epoch, _small(info))))
         env.on_step = lambda cfg, epoch, step, steps: conn.send(("step", (epoch, step, steps)))
         store = RunStore(root, study)
@@ -372,12 +358,10 @@ def _small(info: dict) -> dict:
     return {k: v for k, v in info.items() if isinstance(v, (int, float, str))}
 
 
-def _make_env(spec: EnvSpec) -> Any:
+def _make_env(machine: Machine) -> Any:
     from tstudy.engine import RunEnv
 
-    return RunEnv(device=spec.device, data_root=spec.data_root, pack_mode=spec.pack_mode, cuda_graphs=spec.cuda_graphs,
-                  data_workers=getattr(spec, "data_workers", None), checkpoint_steps=getattr(spec, "checkpoint_steps", 0),
-                  decoder=getattr(spec, "decoder", "cpu"))
+    return RunEnv(machine)
 
 
 def _train(pack: Pack, store: RunStore, env: Any) -> dict[str, Outcome]:
